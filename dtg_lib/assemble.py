@@ -1,0 +1,173 @@
+"""Writing the final prompt: the user's items plus the model's new tags.
+
+Two modes. Append keeps the user's text verbatim and adds the new tags at
+the end (before the first AND, so they join the main part rather than the
+last weighted part). Template rearranges the user's items into category
+slots of a format string; it only touches the text before the first BREAK
+or AND, because moving items across those would change what the webui
+conditions on. Everything from that point on is kept verbatim.
+
+Either way every item keeps its exact text (weights, LoRA tags, editing,
+escapes), and new tags are escaped for webui syntax.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from .categories import Category, canonical
+from .dtg_format import ClassifiedPrompt
+from .prompt_syntax import ItemKind, PromptItem, escape_tag
+
+APPEND = "append"
+FORMAT_PRESETS: dict[str, str] = {
+    "default": (
+        "<|special|>, <|characters|>, <|copyrights|>,\n"
+        "<|artist|>,\n\n"
+        "<|general|>,\n\n"
+        "<|quality|>, <|meta|>, <|rating|>"
+    ),
+    "one line": (
+        "<|special|>, <|characters|>, <|copyrights|>, <|artist|>, "
+        "<|general|>, <|quality|>, <|meta|>, <|rating|>"
+    ),
+    APPEND: APPEND,
+}
+
+SLOTS: dict[Category, str] = {
+    Category.SPECIAL: "special",
+    Category.CHARACTER: "characters",
+    Category.COPYRIGHT: "copyrights",
+    Category.ARTIST: "artist",
+    Category.GENERAL: "general",
+    Category.QUALITY: "quality",
+    Category.META: "meta",
+    Category.RATING: "rating",
+}
+_PLACEHOLDER = re.compile(r"<\|([a-z_]+)\|>")
+_STRUCTURE = (ItemKind.BREAK, ItemKind.AND, ItemKind.PART_WEIGHT)
+
+
+class FormatError(ValueError):
+    pass
+
+
+def resolve_format(name_or_template: str) -> str:
+    """A preset name, `append`, or a custom template with at least one placeholder."""
+    if name_or_template in FORMAT_PRESETS:
+        return FORMAT_PRESETS[name_or_template]
+    if not _PLACEHOLDER.search(name_or_template):
+        raise FormatError(
+            f"format {name_or_template!r} is neither a preset ({', '.join(FORMAT_PRESETS)}) "
+            "nor a template with placeholders such as <|general|>"
+        )
+    return name_or_template
+
+
+def new_tags_to_add(prompt: ClassifiedPrompt, new_tags: Sequence[str]) -> list[str]:
+    """The new tags not already in the prompt, each once, in order."""
+    seen = prompt.known_names()
+    kept = []
+    for tag in new_tags:
+        key = canonical(tag)
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(tag)
+    return kept
+
+
+def assemble(prompt: ClassifiedPrompt, new_tags: Sequence[str], fmt: str = "default") -> str:
+    template = resolve_format(fmt)
+    added = [escape_tag(t) for t in new_tags_to_add(prompt, new_tags)]
+    if template == APPEND:
+        return _append(prompt.parsed.items, added)
+    return _fill_template(prompt, added, template)
+
+
+def _append(items: Sequence[PromptItem], added: list[str]) -> str:
+    if not added:
+        return "".join(i.text for i in items)
+    stop = next((i for i, it in enumerate(items) if it.kind is ItemKind.AND), len(items))
+    while stop > 0 and items[stop - 1].kind in (ItemKind.SEPARATOR, ItemKind.PART_WEIGHT):
+        stop -= 1
+    head = "".join(i.text for i in items[:stop])
+    tail = "".join(i.text for i in items[stop:])
+    joined = ", ".join(added)
+    if not head.strip():
+        return f"{head}{joined}{_spaced(tail)}"
+    return f"{head}, {joined}{tail}"
+
+
+def _spaced(tail: str) -> str:
+    return f" {tail.lstrip()}" if tail.strip() else tail
+
+
+def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) -> str:
+    items = prompt.parsed.items
+    stop = next((i for i, it in enumerate(items) if it.kind in _STRUCTURE), len(items))
+    slots = _slot_contents(prompt, stop)
+    slots["general"].extend(added)
+    head = _render_template(template, {k: ", ".join(v) for k, v in slots.items()})
+    tail = "".join(i.text for i in items[stop:]).strip()
+    if not tail:
+        return head
+    return f"{head}\n{tail}" if head else tail
+
+
+def _slot_contents(prompt: ClassifiedPrompt, stop: int) -> dict[str, list[str]]:
+    slots: dict[str, list[str]] = {slot: [] for slot in SLOTS.values()}
+    categories: dict[int, set[Category]] = {}
+    for tag in prompt.tags:
+        categories.setdefault(tag.item_index, set()).add(tag.category)
+    for index, item in enumerate(prompt.parsed.items[:stop]):
+        if item.kind is ItemKind.SEPARATOR:
+            continue
+        found = categories.get(index, set())
+        category = found.pop() if len(found) == 1 else Category.GENERAL
+        slots[SLOTS[category]].append(item.text)
+    return slots
+
+
+def _render_template(template: str, contents: dict[str, str]) -> str:
+    """Fill placeholders, then drop empty slots with their commas and blank lines."""
+    values: list[str] = []
+
+    def mark(match: re.Match[str]) -> str:
+        value = contents.get(match.group(1), "")
+        if not value:
+            return ""
+        values.append(value)
+        return f"\x00{len(values) - 1}\x00"
+
+    marked = _PLACEHOLDER.sub(mark, template.replace("\x00", ""))
+    lines = [_clean_line(line) for line in marked.split("\n")]
+    text = _join_lines(lines)
+    return re.sub("\x00(\\d+)\x00", lambda m: values[int(m.group(1))], text)
+
+
+def _clean_line(line: str) -> str:
+    return ", ".join(piece.strip() for piece in line.split(",") if piece.strip())
+
+
+def _join_lines(lines: list[str]) -> str:
+    """Keep at most one blank line between lines with content; end them with commas."""
+    blocks: list[str] = []
+    pending_blank = False
+    for line in lines:
+        if not line:
+            pending_blank = bool(blocks)
+            continue
+        if blocks:
+            if not _is_structure(blocks[-1]) and not _is_structure(line):
+                blocks[-1] += ","
+            blocks.append("\n\n" + line if pending_blank else "\n" + line)
+        else:
+            blocks.append(line)
+        pending_blank = False
+    return "".join(blocks)
+
+
+def _is_structure(line: str) -> bool:
+    words = line.strip().split()
+    return bool(words) and (words[0] in ("BREAK", "AND") or words[-1] in ("BREAK", "AND"))

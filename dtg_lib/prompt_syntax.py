@@ -1,0 +1,474 @@
+"""Webui prompt syntax: parse a prompt into items that keep their original text.
+
+A prompt becomes a flat, ordered tuple of `PromptItem`s whose texts, joined,
+give back the prompt exactly. Items are split at top-level commas and
+newlines (the separators are items too), at BREAK and at AND.
+
+Weights are computed the way the webui computes them, in its order:
+extra networks are stripped first, the prompt is split at AND (a trailing
+`:w` of each part is that part's weight), prompt editing and alternation
+brackets are resolved, and then the attention rules apply: 1.1 per round
+bracket, 1/1.1 per square bracket, `(x:w)` sets w, escaped brackets are
+text, a closing bracket with no opener is text, and a bracket left open
+applies to the rest of its part.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+ROUND_FACTOR = 1.1
+SQUARE_FACTOR = 1 / 1.1
+
+
+class ItemKind(str, Enum):
+    TAG = "tag"
+    GROUP = "group"  # brackets around several comma-separated tags: (a, b:0.8)
+    EXTRA_NETWORK = "extra_network"  # <lora:x:0.7>, <hypernet:...>, <lyco:...>
+    BREAK = "break"
+    AND = "and"
+    PART_WEIGHT = "part_weight"  # the trailing `:w` that weights one AND part
+    EDITING = "editing"  # [a:b:0.4], [a:0.4], [a::0.4]
+    ALTERNATION = "alternation"  # [a|b]
+    WILDCARD = "wildcard"  # __name__, {a|b}: left for a wildcard extension
+    EMBEDDING = "embedding"
+    TEXT = "text"  # anything else, kept verbatim and never sent to the model
+    SEPARATOR = "separator"  # commas, newlines and the spaces around them
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One tag as the user wrote it, unescaped (`ganyu (genshin impact)`), with its weight."""
+
+    name: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    kind: ItemKind
+    text: str
+    tags: tuple[Tag, ...] = ()
+
+    @property
+    def weight(self) -> float | None:
+        return self.tags[0].weight if self.kind is ItemKind.TAG else None
+
+
+@dataclass(frozen=True)
+class ParsedPrompt:
+    text: str
+    items: tuple[PromptItem, ...]
+
+    def render(self) -> str:
+        return render(self.items)
+
+    def tags(self) -> Iterator[tuple[PromptItem, Tag]]:
+        """Every tag the model may see, with the item that holds it."""
+        for item in self.items:
+            for tag in item.tags:
+                if item.kind in (ItemKind.TAG, ItemKind.GROUP):
+                    yield item, tag
+
+
+def render(items: tuple[PromptItem, ...] | list[PromptItem]) -> str:
+    return "".join(item.text for item in items)
+
+
+# --- spans found before segmentation -------------------------------------
+
+_EXTRA_NETWORK = re.compile(r"<\w+:[^>]+>")
+_AND = re.compile(r"\bAND\b")
+_BREAK = re.compile(r"\bBREAK\b")
+_PART_WEIGHT = re.compile(r"\s*:\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
+_NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*")
+_ESCAPED = re.compile(r"\\(.)", re.S)
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: int
+    end: int
+    kind: ItemKind
+    neutral: tuple[int, ...]  # positions the attention pass never sees
+
+
+def _extra_network_spans(text: str) -> list[_Span]:
+    return [
+        _Span(m.start(), m.end(), ItemKind.EXTRA_NETWORK, tuple(range(m.start(), m.end())))
+        for m in _EXTRA_NETWORK.finditer(text)
+    ]
+
+
+def _is_escaped(text: str, pos: int) -> bool:
+    backslashes = 0
+    while pos - backslashes - 1 >= 0 and text[pos - backslashes - 1] == "\\":
+        backslashes += 1
+    return backslashes % 2 == 1
+
+
+def _matching_square(text: str, start: int, stop: int, blocked: set[int]) -> int | None:
+    """Index of the `]` closing the `[` at start, honouring nesting and escapes."""
+    depth = 0
+    pos = start
+    while pos < stop:
+        char = text[pos]
+        if pos in blocked:
+            pos += 1
+            continue
+        if char == "\\":
+            pos += 2
+            continue
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+            if depth == 0:
+                return pos if char == "]" else None
+            if depth < 0:
+                return None
+        pos += 1
+    return None
+
+
+def _top_level_marks(text: str, start: int, end: int, blocked: set[int]) -> list[int]:
+    """Positions of `:` and `|` directly inside the brackets text[start:end+1]."""
+    marks = []
+    depth = 0
+    pos = start + 1
+    while pos < end:
+        char = text[pos]
+        if pos in blocked:
+            pos += 1
+            continue
+        if char == "\\":
+            pos += 2
+            continue
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif depth == 0 and char in ":|":
+            marks.append(pos)
+        pos += 1
+    return marks
+
+
+def _editing_span(text: str, start: int, end: int, blocked: set[int]) -> _Span | None:
+    marks = _top_level_marks(text, start, end, blocked)
+    bars = [m for m in marks if text[m] == "|"]
+    colons = [m for m in marks if text[m] == ":"]
+    if bars and not colons:
+        return _Span(start, end + 1, ItemKind.ALTERNATION, (start, *bars, end))
+    if bars or len(colons) not in (1, 2):
+        return None
+    number = text[colons[-1] + 1 : end]
+    if not _NUMBER.fullmatch(number):
+        return None
+    neutral = (start, *colons, *range(colons[-1] + 1, end), end)
+    return _Span(start, end + 1, ItemKind.EDITING, neutral)
+
+
+def _editing_spans(text: str, blocked: set[int]) -> list[_Span]:
+    spans = []
+    for pos, char in enumerate(text):
+        if char != "[" or pos in blocked or _is_escaped(text, pos):
+            continue
+        end = _matching_square(text, pos, len(text), blocked)
+        if end is not None:
+            span = _editing_span(text, pos, end, blocked)
+            if span is not None:
+                spans.append(span)
+    return spans
+
+
+# --- attention weights ---------------------------------------------------
+
+_ATTENTION_TOKEN = re.compile(
+    r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:",
+)
+
+
+def attention_weights(text: str, neutral: Collection[int] = ()) -> list[float | None]:
+    """Weight of every character of one AND part; None for syntax characters.
+
+    Characters at `neutral` positions are skipped, as the webui strips them
+    before this pass.
+    """
+    kept = [i for i in range(len(text)) if i not in neutral]
+    visible = "".join(text[i] for i in kept)
+    weights: list[float | None] = [None] * len(text)
+    owners: list[int] = []  # original position of each text character seen
+    rounds: list[int] = []
+    squares: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for pos in owners[start:]:
+            weights[pos] *= factor  # type: ignore[operator]
+
+    for match in _ATTENTION_TOKEN.finditer(visible):
+        token, explicit = match.group(0), match.group(1)
+        if token.startswith("\\"):
+            _add_text(weights, owners, kept, match.start() + 1, match.end())
+        elif token == "(":
+            rounds.append(len(owners))
+        elif token == "[":
+            squares.append(len(owners))
+        elif explicit is not None and rounds and _is_float(explicit):
+            scale(rounds.pop(), float(explicit))
+        elif token == ")" and rounds:
+            scale(rounds.pop(), ROUND_FACTOR)
+        elif token == "]" and squares:
+            scale(squares.pop(), SQUARE_FACTOR)
+        else:
+            _add_text(weights, owners, kept, match.start(), match.end())
+    for start in rounds:
+        scale(start, ROUND_FACTOR)
+    for start in squares:
+        scale(start, SQUARE_FACTOR)
+    return weights
+
+
+def _add_text(
+    weights: list[float | None], owners: list[int], kept: list[int], start: int, end: int
+) -> None:
+    for index in range(start, end):
+        weights[kept[index]] = 1.0
+        owners.append(kept[index])
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --- segmentation ----------------------------------------------------------
+
+_TAG_SHAPE = re.compile(
+    r"(?P<open>[(\[]*)(?P<name>(?:\\.|[^\\()\[\],])+?)"
+    r"(?P<weight>:\s*[+-]?[.\d]+\s*(?=\)))?(?P<close>[)\]]*)",
+    re.S,
+)
+_WILDCARD = re.compile(r"__[^_\s,](?:[^\s,]*?)__|\{[^{}]*\}")
+_EMBEDDING_PREFIX = re.compile(r"embedding:\S+", re.I)
+_SEPARATOR = re.compile(r"\s*[,\n][\s,]*|\s+")
+
+
+def parse(text: str, embeddings: Collection[str] = ()) -> ParsedPrompt:
+    """Parse a webui prompt. Never raises; `render` gives `text` back exactly."""
+    items: list[PromptItem] = []
+    for part_start, part_end, and_end in _and_parts(text):
+        items.extend(_parse_part(text, part_start, part_end, embeddings))
+        if and_end is not None:
+            items.append(PromptItem(ItemKind.AND, text[part_end:and_end]))
+    return ParsedPrompt(text, tuple(i for i in items if i.text))
+
+
+def _and_parts(text: str) -> Iterator[tuple[int, int, int | None]]:
+    start = 0
+    for match in _AND.finditer(text):
+        yield start, match.start(), match.end()
+        start = match.end()
+    yield start, len(text), None
+
+
+def _parse_part(
+    text: str, start: int, end: int, embeddings: Collection[str]
+) -> list[PromptItem]:
+    part = text[start:end]
+    spans = _extra_network_spans(part)
+    weight_match = _PART_WEIGHT.search(part)
+    blocked = {p for s in spans for p in s.neutral}
+    if weight_match and not any(s.start <= weight_match.start() < s.end for s in spans):
+        weight_span = _Span(
+            weight_match.start(),
+            weight_match.end(),
+            ItemKind.PART_WEIGHT,
+            tuple(range(weight_match.start(), weight_match.end())),
+        )
+        spans.append(weight_span)
+        blocked |= set(weight_span.neutral)
+    editing = _editing_spans(part, blocked)
+    neutral = blocked | {p for s in editing for p in s.neutral}
+    weights = attention_weights(part, neutral)
+    atomic = sorted(spans, key=lambda s: s.start)
+    return list(_segments(part, weights, atomic, embeddings))
+
+
+def _segments(
+    part: str, weights: list[float | None], atomic: list[_Span], embeddings: Collection[str]
+) -> Iterator[PromptItem]:
+    """Split one AND part at top-level separators, BREAK and atomic spans."""
+    chunk_start = 0
+    pos = 0
+    depth = 0
+    span_at = {s.start: s for s in atomic}
+    while pos < len(part):
+        span = span_at.get(pos)
+        if span is not None and depth == 0:
+            yield from _chunk(part, chunk_start, pos, weights, embeddings)
+            yield PromptItem(span.kind, part[span.start : span.end])
+            pos = chunk_start = span.end
+            continue
+        char = part[pos]
+        if char == "\\":
+            pos += 2
+            continue
+        if span is not None:
+            pos = span.end
+            continue
+        if char in "([{":
+            depth += 1
+        elif char in ")]}" and depth > 0:
+            depth -= 1
+        elif depth == 0:
+            boundary = _boundary_at(part, pos)
+            if boundary is not None:
+                kind, stop = boundary
+                yield from _chunk(part, chunk_start, pos, weights, embeddings)
+                yield PromptItem(kind, part[pos:stop])
+                pos = chunk_start = stop
+                continue
+        pos += 1
+    yield from _chunk(part, chunk_start, len(part), weights, embeddings)
+
+
+def _boundary_at(part: str, pos: int) -> tuple[ItemKind, int] | None:
+    if part[pos] in ",\n":
+        match = _SEPARATOR.match(part, pos)
+        assert match is not None
+        return ItemKind.SEPARATOR, match.end()
+    if part.startswith("BREAK", pos):
+        match = _BREAK.match(part, pos)
+        if match and (pos == 0 or not (part[pos - 1].isalnum() or part[pos - 1] == "_")):
+            return ItemKind.BREAK, match.end()
+    return None
+
+
+def _chunk(
+    part: str, start: int, end: int, weights: list[float | None], embeddings: Collection[str]
+) -> Iterator[PromptItem]:
+    """Classify the text between two boundaries, splitting off its outer whitespace."""
+    text = part[start:end]
+    body = text.strip()
+    if not body:
+        if text:
+            yield PromptItem(ItemKind.SEPARATOR, text)
+        return
+    lead = len(text) - len(text.lstrip())
+    if lead:
+        yield PromptItem(ItemKind.SEPARATOR, text[:lead])
+    yield _classify(body, start + lead, weights, embeddings)
+    trail = len(text) - lead - len(body)
+    if trail:
+        yield PromptItem(ItemKind.SEPARATOR, text[len(text) - trail :])
+
+
+def _classify(
+    body: str, offset: int, weights: list[float | None], embeddings: Collection[str]
+) -> PromptItem:
+    if _WILDCARD.search(body):
+        return PromptItem(ItemKind.WILDCARD, body)
+    if _EMBEDDING_PREFIX.fullmatch(body) or body in embeddings:
+        return PromptItem(ItemKind.EMBEDDING, body)
+    editing = _whole_editing(body)
+    if editing is not None:
+        return PromptItem(editing, body)
+    tag = _tag_in(body, 0, offset, weights)
+    if tag is not None:
+        if tag.name in embeddings:
+            return PromptItem(ItemKind.EMBEDDING, body, (tag,))
+        return PromptItem(ItemKind.TAG, body, (tag,))
+    group = _group_in(body, offset, weights)
+    if group:
+        return PromptItem(ItemKind.GROUP, body, group)
+    return PromptItem(ItemKind.TEXT, body)
+
+
+def _whole_editing(body: str) -> ItemKind | None:
+    if not body.startswith("["):
+        return None
+    end = _matching_square(body, 0, len(body), set())
+    if end != len(body) - 1:
+        return None
+    span = _editing_span(body, 0, end, set())
+    return span.kind if span else None
+
+
+def _tag_in(piece: str, at: int, offset: int, weights: list[float | None]) -> Tag | None:
+    """A single tag filling `piece` (brackets and `:w` allowed around it), or None."""
+    match = _TAG_SHAPE.fullmatch(piece)
+    if match is None:
+        return None
+    raw = match.group("name")
+    name = _ESCAPED.sub(r"\1", raw).strip()
+    if not name or (match.group("weight") and not match.group("close").startswith(")")):
+        return None
+    if not _is_syntax(match, at, offset, weights):
+        return None
+    name_start = at + match.start("name")
+    positions = [
+        offset + name_start + i for i, char in enumerate(raw) if not char.isspace() and char != "\\"
+    ]
+    found = {weights[p] for p in positions}
+    if len(found) != 1 or None in found:
+        return None
+    return Tag(name, found.pop())  # type: ignore[arg-type]
+
+
+def _is_syntax(match: re.Match[str], at: int, offset: int, weights: list[float | None]) -> bool:
+    """True when the brackets around a tag are brackets to the webui, not literal text."""
+    outer = [*range(*match.span("open")), *range(*match.span("close"))]
+    return all(weights[offset + at + i] is None for i in outer)
+
+
+def _group_in(body: str, offset: int, weights: list[float | None]) -> tuple[Tag, ...]:
+    if body[0] not in "([" or "," not in body:
+        return ()
+    tags = []
+    at = 0
+    for piece in _split_commas(body):
+        stripped = piece.strip()
+        lead = len(piece) - len(piece.lstrip())
+        tag = _tag_in(stripped, at + lead, offset, weights) if stripped else None
+        if tag is None:
+            return ()
+        tags.append(tag)
+        at += len(piece) + 1
+    return tuple(tags)
+
+
+def _split_commas(body: str) -> list[str]:
+    pieces = []
+    current = []
+    pos = 0
+    while pos < len(body):
+        char = body[pos]
+        if char == "\\" and pos + 1 < len(body):
+            current.append(body[pos : pos + 2])
+            pos += 2
+            continue
+        if char == ",":
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        pos += 1
+    pieces.append("".join(current))
+    return pieces
+
+
+# --- writing tags back into webui syntax --------------------------------
+
+_NEEDS_ESCAPE = re.compile(r"([\\()\[\]])")
+
+
+def escape_tag(name: str) -> str:
+    """Escape a plain tag name for the webui: `ganyu (genshin impact)` -> `ganyu \\(genshin impact\\)`."""
+    return _NEEDS_ESCAPE.sub(r"\\\1", name)

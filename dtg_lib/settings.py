@@ -1,0 +1,145 @@
+"""The one typed settings object that crosses every boundary.
+
+The webui UI, the webui API, the infotext, the HTTP routes and the command
+line all build an `UpsampleSettings` (through `from_dict`) and the engine
+only ever reads that. Validation lives here, once, with messages meant for
+people.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+TARGETS: dict[str, int] = {"very_short": 8, "short": 16, "long": 32, "very_long": 48}
+BACKENDS = ("auto", "llama.cpp", "torch")
+TIMINGS = ("after", "before")
+DEFAULT_MODEL = "delta-rev2"
+
+
+class SettingsError(ValueError):
+    """A setting is out of range or unknown; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling parameters shared by both backends."""
+
+    temperature: float = 1.35
+    top_p: float = 0.95
+    top_k: int = 100
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        _check_float("temperature", self.temperature, 0.0, 10.0, low_open=True)
+        _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_int("top_k", self.top_k, 0, 100_000)
+        _check_float("min_p", self.min_p, 0.0, 1.0, high_open=True)
+        _check_float("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
+        _check_int("max_new_tokens", self.max_new_tokens, 1, 2048)
+
+
+@dataclass(frozen=True)
+class UpsampleSettings:
+    """Everything that decides one expansion, besides the prompt, seed and size."""
+
+    target: str = "long"
+    ban_tags: str = ""
+    format: str = "default"
+    model: str = DEFAULT_MODEL
+    backend: str = "auto"
+    device: str = "cpu"
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    max_rounds: int = 20
+    timing: str = "after"
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise SettingsError(
+                f"unknown target {self.target!r}: choose one of {', '.join(TARGETS)}"
+            )
+        if self.backend not in BACKENDS:
+            raise SettingsError(
+                f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}"
+            )
+        if self.timing not in TIMINGS:
+            raise SettingsError(f"unknown timing {self.timing!r}: choose 'after' or 'before'")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise SettingsError("model must be a registry name or a local path")
+        if not isinstance(self.format, str):
+            raise SettingsError("format must be text")
+        if not isinstance(self.ban_tags, str):
+            raise SettingsError("ban_tags must be text: comma-separated entries")
+        _check_int("max_rounds", self.max_rounds, 1, 100)
+
+    @property
+    def target_tags(self) -> int:
+        return TARGETS[self.target]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UpsampleSettings:
+        """Build from plain data (JSON, UI values); sampling keys may be flat or nested."""
+        if not isinstance(data, dict):
+            raise SettingsError("settings must be a JSON object")
+        own = {f.name for f in fields(cls)} - {"sampling"}
+        sampling_keys = {f.name for f in fields(SamplingSettings)}
+        nested = data.get("sampling") or {}
+        if not isinstance(nested, dict):
+            raise SettingsError("sampling must be a JSON object")
+        unknown = set(data) - own - sampling_keys - {"sampling"} | set(nested) - sampling_keys
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        sampling = {k: v for k, v in data.items() if k in sampling_keys}
+        sampling.update(nested)
+        try:
+            return cls(
+                sampling=SamplingSettings(**sampling),
+                **{k: v for k, v in data.items() if k in own},
+            )
+        except TypeError as exc:  # a value of the wrong type reached a comparison
+            raise SettingsError(str(exc)) from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> UpsampleSettings:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"settings are not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _check_float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SettingsError(f"{name} must be a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise SettingsError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
