@@ -58,7 +58,6 @@ QUALITY_TAGS: tuple[str, ...] = (
     "normal quality",
     "low quality",
     "worse quality",
-    "worst quality",
     "very aesthetic",
     "aesthetic",
     "displeasing",

@@ -255,6 +255,12 @@ _TAG_SHAPE = re.compile(
     r"(?P<weight>:\s*[+-]?[.\d]+\s*(?=\)))?(?P<close>[)\]]*)",
     re.S,
 )
+# Danbooru's disambiguated names, written unescaped as on the site: `asuna (sao)`.
+# To the webui the parentheses weight "sao"; to the user it is one tag.
+_QUALIFIED = re.compile(
+    r"(?P<open>\(?)(?P<base>[^\\()\[\],:]+?)\s*\((?P<qual>[^\\()\[\],]+)\)"
+    r"(?P<weight>:\s*[+-]?[.\d]+\s*)?(?P<close>\)?)"
+)
 _WILDCARD = re.compile(r"__[^_\s,](?:[^\s,]*?)__|\{[^{}]*\}")
 _EMBEDDING_PREFIX = re.compile(r"embedding:\S+", re.I)
 _SEPARATOR = re.compile(r"\s*[,\n][\s,]*|\s+")
@@ -385,6 +391,9 @@ def _classify(
         if tag.name in embeddings:
             return PromptItem(ItemKind.EMBEDDING, body, (tag,))
         return PromptItem(ItemKind.TAG, body, (tag,))
+    qualified = _qualified_in(body, offset, weights)
+    if qualified is not None:
+        return PromptItem(ItemKind.TAG, body, (qualified,))
     group = _group_in(body, offset, weights)
     if group:
         return PromptItem(ItemKind.GROUP, body, group)
@@ -426,6 +435,20 @@ def _is_syntax(match: re.Match[str], at: int, offset: int, weights: list[float |
     """True when the brackets around a tag are brackets to the webui, not literal text."""
     outer = [*range(*match.span("open")), *range(*match.span("close"))]
     return all(weights[offset + at + i] is None for i in outer)
+
+
+def _qualified_in(body: str, offset: int, weights: list[float | None]) -> Tag | None:
+    match = _QUALIFIED.fullmatch(body)
+    if match is None or bool(match.group("open")) != bool(match.group("close")):
+        return None
+    if match.group("weight") and not match.group("open"):
+        return None
+    base_start = offset + match.start("base")
+    found = {weights[base_start + i] for i, c in enumerate(match.group("base")) if not c.isspace()}
+    if len(found) != 1 or None in found:
+        return None
+    name = f"{match.group('base').strip()} ({match.group('qual').strip()})"
+    return Tag(name, found.pop())  # type: ignore[arg-type]
 
 
 def _group_in(body: str, offset: int, weights: list[float | None]) -> tuple[Tag, ...]:

@@ -76,6 +76,8 @@ class UpsampleSettings:
         if not isinstance(self.ban_tags, str):
             raise SettingsError("ban_tags must be text: comma-separated entries")
         _check_int("max_rounds", self.max_rounds, 1, 100)
+        _check_text_setting("ban_tags", self.ban_tags)
+        _check_text_setting("format", self.format)
 
     @property
     def target_tags(self) -> int:
@@ -117,6 +119,20 @@ class UpsampleSettings:
         except json.JSONDecodeError as exc:
             raise SettingsError(f"settings are not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+def _check_text_setting(name: str, value: str) -> None:
+    # Imported here: both modules are light, but settings must not depend on them at import.
+    from .assemble import FormatError, resolve_format
+    from .ban import BanListError, compile_ban_list
+
+    try:
+        if name == "ban_tags":
+            compile_ban_list(value)
+        else:
+            resolve_format(value)
+    except (BanListError, FormatError) as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 def _check_float(

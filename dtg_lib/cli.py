@@ -1,0 +1,204 @@
+"""Command line: `python -m dtg_lib "1girl, solo" --seed 42`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .settings import TARGETS, SettingsError, UpsampleSettings
+
+log = logging.getLogger("dtg")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dtg_lib",
+        description="Expand a Stable Diffusion prompt with DanTagGen.",
+    )
+    parser.add_argument("prompt", nargs="?", help="the prompt, in webui syntax")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--target", default="long", help=f"one of {', '.join(TARGETS)}")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="registry name (delta-rev2, delta-rev2:hf, ...) or a local path",
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="where models are found and downloaded"
+    )
+    parser.add_argument("--backend", default="auto", help="auto, llama.cpp or torch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    parser.add_argument(
+        "--ban", default="", help="comma-separated tags, *wildcards or /regex/ never to add"
+    )
+    parser.add_argument(
+        "--format", default="default", help="default, one line, append, or a template"
+    )
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--min-p", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--max-rounds", type=int, default=None)
+    parser.add_argument("--offline", action="store_true", help="never download")
+    parser.add_argument(
+        "--tag-csv", type=Path, action="append", default=[], help="extra tagcomplete CSV"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show the classification and model input only"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--list-models", action="store_true", help="list registry and local models")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> UpsampleSettings:
+    data: dict[str, Any] = {
+        "target": args.target,
+        "ban_tags": args.ban,
+        "format": args.format,
+        "backend": args.backend,
+        "device": args.device,
+    }
+    if args.model is not None:
+        data["model"] = args.model
+    optional = (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "max_new_tokens",
+        "max_rounds",
+    )
+    data.update({k: getattr(args, k) for k in optional if getattr(args, k) is not None})
+    return UpsampleSettings.from_dict(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
+    if args.list_models:
+        return _list_models(args)
+    if args.prompt is None:
+        parser.error("give a prompt, or --list-models")
+    try:
+        settings = settings_from_args(args)
+        upsampler = _upsampler(args)
+        if args.dry_run:
+            return _dry_run(upsampler, args, settings)
+        result = upsampler.upsample(args.prompt, settings, args.seed, args.width, args.height)
+    except SettingsError as exc:
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError, ValueError) as exc:
+        # Expected failures (missing backend or model, bad file, failed download) carry
+        # messages written for people; print the message, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(result.final_prompt)
+    return 0
+
+
+def _upsampler(args: argparse.Namespace) -> Any:
+    from .tag_lookup import default_sources, get_lookup
+    from .upsampler import Upsampler
+
+    lookup = get_lookup(default_sources(extra_csv=args.tag_csv)) if args.tag_csv else None
+    return Upsampler(model_dir=args.model_dir, lookup=lookup, allow_download=not args.offline)
+
+
+def _dry_run(upsampler: Any, args: argparse.Namespace, settings: UpsampleSettings) -> int:
+    from . import models
+
+    quality_line = models.parse_model_name(settings.model, args.model_dir).takes_quality_line
+    prepared = upsampler.prepare(
+        args.prompt, settings, args.width, args.height, quality_line=quality_line
+    )
+    rows = _item_rows(prepared.classified)
+    if args.json:
+        print(
+            json.dumps(
+                {"items": rows, "model_input": prepared.model_input}, indent=2, ensure_ascii=False
+            )
+        )
+        return 0
+    for row in rows:
+        weight = "" if row["weight"] is None else f"{row['weight']:.3f}"
+        print(f"{row['kind']:<14} {row['category'] or '':<10} {weight:>6}  {row['text']}")
+    print("\nModel input:\n" + prepared.model_input)
+    return 0
+
+
+def _item_rows(classified: Any) -> list[dict[str, Any]]:
+    by_item: dict[int, list[Any]] = {}
+    for tag in classified.tags:
+        by_item.setdefault(tag.item_index, []).append(tag)
+    rows = []
+    for index, item in enumerate(classified.parsed.items):
+        if item.kind.value == "separator":
+            continue
+        tags = by_item.get(index, [])
+        categories = {t.category.value for t in tags}
+        rows.append(
+            {
+                "kind": item.kind.value,
+                "text": item.text,
+                "category": categories.pop() if len(categories) == 1 else None,
+                "weight": item.weight,
+                "tags": [
+                    {
+                        "name": t.tag.name,
+                        "model_name": t.name,
+                        "category": t.category.value,
+                        "weight": t.tag.weight,
+                    }
+                    for t in tags
+                ],
+            }
+        )
+    return rows
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from . import models
+
+    local = models.list_local_models(args.model_dir)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "registry": models.model_choices(),
+                    "local": [
+                        {"name": m.name, "kind": m.kind, "path": str(m.path), "size": m.size}
+                        for m in local
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print("Registry (downloaded on first use):")
+    for name in models.model_choices():
+        print(f"  {name}")
+    print(f"Local ({args.model_dir or models.default_model_dir()}):")
+    for model in local:
+        print(f"  {model.name:<40} {model.kind:<5} {model.size / 1e6:8.1f} MB  {model.path}")
+    if not local:
+        print("  (none)")
+    return 0

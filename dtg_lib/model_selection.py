@@ -1,0 +1,104 @@
+"""Choosing the file and the backend for a model name.
+
+`auto` takes llama.cpp for GGUF and torch for Hugging Face folders. When a
+registry model asks for a backend that is not installed, the other format
+of the same model is used instead and the user is told; a local file
+cannot change format, so there the missing backend is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import models
+from .backends import BackendUnavailable, llama_cpp_available, torch_available
+
+log = logging.getLogger("dtg")
+
+_BACKEND_FOR_KIND = {models.GGUF_KIND: "llama.cpp", models.HF_KIND: "torch"}
+_INSTALL = {
+    "llama.cpp": "pip install llama-cpp-python",
+    "torch": "pip install torch transformers sentencepiece safetensors",
+}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    backend: str
+    path: Path
+    display_name: str
+    takes_quality_line: bool
+    notice: str = ""  # something the user should be told, such as a fallback
+
+
+def _available(backend: str) -> bool:
+    return llama_cpp_available() if backend == "llama.cpp" else torch_available()
+
+
+def select_model(
+    name: str,
+    backend: str = "auto",
+    *,
+    model_dir: Path | None = None,
+    allow_download: bool = True,
+) -> ModelChoice:
+    spec = models.parse_model_name(name, model_dir)
+    wanted = _BACKEND_FOR_KIND[spec.kind] if backend == "auto" else backend
+    notice = ""
+    if _BACKEND_FOR_KIND[spec.kind] != wanted or not _available(wanted):
+        spec_name, wanted, notice = _switch_format(name, spec, wanted)
+        spec = models.parse_model_name(spec_name, model_dir)
+    resolved = models.resolve_model(spec_name(spec), model_dir, allow_download=allow_download)
+    if notice:
+        log.warning(notice)
+    return ModelChoice(
+        backend=wanted,
+        path=resolved.path,
+        display_name=spec_name(spec),
+        takes_quality_line=spec.takes_quality_line,
+        notice=notice,
+    )
+
+
+def spec_name(spec: models.ModelSpec) -> str:
+    """A name that resolves to exactly this spec again."""
+    if spec.local_path is not None:
+        return str(spec.local_path)
+    assert spec.entry is not None
+    if spec.kind == models.HF_KIND:
+        return f"{spec.entry.name}:hf"
+    quant = next(q for q, f in models.GGUF_FILES.items() if f == spec.filename)
+    return f"{spec.entry.name}:{quant}"
+
+
+def _switch_format(name: str, spec: models.ModelSpec, wanted: str) -> tuple[str, str, str]:
+    """The same registry model in the format a usable backend reads."""
+    other = "torch" if wanted == "llama.cpp" else "llama.cpp"
+    if not _available(wanted):
+        if spec.entry is None or not _available(other):
+            raise BackendUnavailable(_missing_message(wanted, other))
+        notice = (
+            f"{wanted} backend is not installed ({_INSTALL[wanted]}); "
+            f"using the {other} backend for {spec.entry.name}"
+        )
+        wanted = other
+    else:
+        notice = ""
+    if spec.entry is None:
+        raise BackendUnavailable(
+            f"{name} is a {spec.kind} model; the {wanted} backend cannot read it. "
+            "Choose backend auto, or a model in the other format."
+        )
+    suffix = "hf" if wanted == "torch" else models.DEFAULT_QUANT
+    return f"{spec.entry.name}:{suffix}", wanted, notice
+
+
+def _missing_message(wanted: str, other: str) -> str:
+    if _available(other):
+        return f"the {wanted} backend is not installed: {_INSTALL[wanted]}"
+    return (
+        f"no DTG backend is installed: {_INSTALL['llama.cpp']} "
+        f"(GGUF models), or {_INSTALL['torch']} (Hugging Face models)"
+    )

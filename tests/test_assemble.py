@@ -1,0 +1,138 @@
+from collections import Counter
+
+import pytest
+from fake_lookup import FakeLookup
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dtg_lib.assemble import FormatError, assemble, new_tags_to_add, resolve_format
+from dtg_lib.dtg_format import classify_prompt
+from dtg_lib.prompt_syntax import ItemKind, parse
+
+LOOKUP = FakeLookup()
+
+
+def classified(text):
+    return classify_prompt(parse(text), LOOKUP)
+
+
+def test_default_template_sorts_items_into_slots_and_cleans_up():
+    prompt = classified("masterpiece, hatsune miku, 1girl, (smile:1.2), vocaloid, highres")
+    out = assemble(prompt, ["twintails", "aqua hair"])
+    assert out == (
+        "1girl, hatsune miku, vocaloid,\n\n(smile:1.2), twintails, aqua hair,\n\nmasterpiece, highres"
+    )
+
+
+def test_empty_slots_leave_no_stray_commas_blank_lines_or_placeholders():
+    out = assemble(classified("cat"), ["dog"])
+    assert out == "cat, dog"
+    out = assemble(classified(""), [])
+    assert out == ""
+
+
+def test_one_line_and_custom_templates():
+    prompt = classified("1girl, hatsune miku, smile, masterpiece")
+    assert assemble(prompt, ["twintails"], "one line") == (
+        "1girl, hatsune miku, smile, twintails, masterpiece"
+    )
+    custom = "<|quality|>, <|unknown|>\n<|general|>\n<|special|>, <|characters|>"
+    assert assemble(prompt, ["twintails"], custom) == (
+        "masterpiece,\nsmile, twintails,\n1girl, hatsune miku"
+    )
+
+
+def test_bad_format_is_a_clear_error():
+    with pytest.raises(FormatError, match="neither a preset"):
+        resolve_format("my favourite")
+
+
+def test_append_keeps_the_prompt_verbatim():
+    text = "1girl,  (smile:1.2) , <lora:x:0.5>\n[a:b:0.4]"
+    assert assemble(classified(text), ["twintails"], "append") == text + ", twintails"
+
+
+def test_append_goes_before_the_first_and():
+    text = "1girl, smile AND cat :0.5"
+    assert assemble(classified(text), ["twintails"], "append") == (
+        "1girl, smile, twintails AND cat :0.5"
+    )
+    text = "1girl :1.2 AND cat"
+    assert assemble(classified(text), ["tail"], "append") == "1girl, tail :1.2 AND cat"
+
+
+def test_template_keeps_everything_after_break_in_place():
+    text = "masterpiece, smile BREAK hatsune miku, 1girl"
+    out = assemble(classified(text), ["twintails"])
+    assert out == "smile, twintails,\n\nmasterpiece\nBREAK hatsune miku, 1girl"
+
+
+def test_leading_break_does_not_crash_and_is_kept():
+    out = assemble(classified("BREAK, 1girl"), ["solo"])
+    assert out.endswith("BREAK, 1girl") and "solo" in out
+    assert assemble(classified("BREAK"), [], "append") == "BREAK"
+
+
+def test_new_tags_are_escaped_and_deduplicated_against_the_prompt():
+    prompt = classified("Hatsune_Miku, (long hair:1.3), ganyu \\(genshin impact\\)")
+    kept = new_tags_to_add(
+        prompt, ["long hair", "hatsune miku", "twintails", "Twintails", "ganyu (genshin impact)"]
+    )
+    assert kept == ["twintails"]
+    out = assemble(prompt, ["keqing (genshin impact)"], "append")
+    assert out.endswith(", keqing \\(genshin impact\\)")
+    (added,) = [t for _, t in parse(out).tags() if t.name.startswith("keqing")]
+    assert added.weight == 1.0
+
+
+_items = st.sampled_from(
+    [
+        "1girl",
+        "hatsune miku",
+        "(smile:1.2)",
+        "((a))",
+        "[b]",
+        "(c, d:0.8)",
+        "<lora:x:0.5>",
+        "BREAK",
+        "AND",
+        "[a:b:0.4]",
+        "[p|q]",
+        "__w__",
+        "{x|y}",
+        "ganyu \\(genshin impact\\)",
+        "masterpiece",
+        "highres",
+        "vocaloid",
+        "(",
+        ")",
+        "]",
+        ":0.5",
+        "\n",
+        "",
+        "cat",
+    ]
+)
+_prompts = st.lists(
+    st.tuples(_items, st.sampled_from([", ", ",", " ", "\n", ",\n"])), max_size=12
+).map(lambda pairs: "".join(a + b for a, b in pairs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_prompts, st.sampled_from(["default", "one line", "append"]))
+def test_every_user_item_survives(text, fmt):
+    prompt = classified(text)
+    out = assemble(prompt, ["new tag"], fmt)
+    wanted = Counter(
+        i.text.strip() for i in prompt.parsed.items if i.kind is not ItemKind.SEPARATOR
+    )
+    for item_text, count in wanted.items():
+        assert out.count(item_text) >= count, (text, out)
+    assert "<|" not in out.replace(text, "")
+    if fmt == "append":
+        # the prompt is only ever split once, for the insertion
+        cut = out.find(", new tag")
+        if cut == -1:  # nothing before the insertion point: the tags lead
+            assert "".join(out.replace("new tag", "", 1).split()) == "".join(text.split())
+        else:
+            assert out[:cut] + out[cut + len(", new tag") :] == text
