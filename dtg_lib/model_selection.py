@@ -48,8 +48,8 @@ def select_model(
     wanted = _BACKEND_FOR_KIND[spec.kind] if backend == "auto" else backend
     notice = ""
     if _BACKEND_FOR_KIND[spec.kind] != wanted or not _available(wanted):
-        spec_name, wanted, notice = _switch_format(name, spec, wanted)
-        spec = models.parse_model_name(spec_name, model_dir)
+        switched, wanted, notice = _switch_format(name, spec, wanted)
+        spec = models.parse_model_name(switched, model_dir)
     resolved = models.resolve_model(spec_name(spec), model_dir, allow_download=allow_download)
     if notice:
         log.warning(notice)

@@ -284,9 +284,7 @@ def _and_parts(text: str) -> Iterator[tuple[int, int, int | None]]:
     yield start, len(text), None
 
 
-def _parse_part(
-    text: str, start: int, end: int, embeddings: Collection[str]
-) -> list[PromptItem]:
+def _parse_part(text: str, start: int, end: int, embeddings: Collection[str]) -> list[PromptItem]:
     part = text[start:end]
     spans = _extra_network_spans(part)
     weight_match = _PART_WEIGHT.search(part)
@@ -493,5 +491,5 @@ _NEEDS_ESCAPE = re.compile(r"([\\()\[\]])")
 
 
 def escape_tag(name: str) -> str:
-    """Escape a plain tag name for the webui: `ganyu (genshin impact)` -> `ganyu \\(genshin impact\\)`."""
+    """Escape a tag for the webui: `ganyu (genshin impact)` -> `ganyu \\(genshin impact\\)`."""
     return _NEEDS_ESCAPE.sub(r"\\\1", name)

@@ -20,7 +20,9 @@ def test_default_template_sorts_items_into_slots_and_cleans_up():
     prompt = classified("masterpiece, hatsune miku, 1girl, (smile:1.2), vocaloid, highres")
     out = assemble(prompt, ["twintails", "aqua hair"])
     assert out == (
-        "1girl, hatsune miku, vocaloid,\n\n(smile:1.2), twintails, aqua hair,\n\nmasterpiece, highres"
+        "1girl, hatsune miku, vocaloid,\n\n"
+        "(smile:1.2), twintails, aqua hair,\n\n"
+        "masterpiece, highres"
     )
 
 

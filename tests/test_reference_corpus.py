@@ -121,7 +121,12 @@ def our_input(lookup, prompt: str, width: int, height: int, target: str) -> str:
     return build_model_input(classified, width=width, height=height, target=target)
 
 
-SIZES = [(1024, 1024, "long"), (832, 1216, "short"), (1216, 832, "very_long"), (640, 1536, "very_short")]
+SIZES = [
+    (1024, 1024, "long"),
+    (832, 1216, "short"),
+    (1216, 832, "very_long"),
+    (640, 1536, "very_short"),
+]
 
 
 def test_the_corpus_is_large_and_varied():

@@ -119,7 +119,9 @@ def test_upsample_many_gives_each_image_its_own_seed(monkeypatch):
     upsampler = make(ScriptedBackend(), monkeypatch)
     settings = UpsampleSettings(target="short")
     many = upsampler.upsample_many(["1girl", "1girl", "1boy"], settings, [5, 6, 5])
-    alone = [upsampler.upsample(p, settings, s) for p, s in [("1girl", 5), ("1girl", 6), ("1boy", 5)]]
+    alone = [
+        upsampler.upsample(p, settings, s) for p, s in [("1girl", 5), ("1girl", 6), ("1boy", 5)]
+    ]
     assert [r.final_prompt for r in many] == [r.final_prompt for r in alone]
     assert many[0].final_prompt != many[1].final_prompt
     with pytest.raises(ValueError, match="one seed each"):

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from dtg_lib import cli
+from dtg_lib.categories import Category
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DTG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DTG_MODEL_DIR", str(tmp_path / "models"))
+
+
+def test_dry_run_shows_classification_and_model_input(capsys, tmp_path):
+    csv = tmp_path / "tags.csv"
+    csv.write_text('hatsune_miku,4,100,"miku"\nvocaloid,3,100,""\n', encoding="utf-8")
+    code = cli.main(
+        [
+            "--dry-run",
+            "--tag-csv",
+            str(csv),
+            "--width",
+            "832",
+            "--height",
+            "1216",
+            "1girl, miku, (smile:1.2), <lora:x:0.5>",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "characters: hatsune miku" in out
+    assert "aspect ratio: 0.7" in out
+    assert "general: 1girl, smile<|input_end|>" in out
+    assert "extra_network" in out and "<lora:x:0.5>" in out
+
+
+def test_dry_run_json_lists_every_item(capsys):
+    assert cli.main(["--dry-run", "--json", "--target", "short", "1girl, (smile:1.2), BREAK"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    kinds = [(i["kind"], i["text"], i["weight"]) for i in data["items"]]
+    assert kinds == [("tag", "1girl", 1.0), ("tag", "(smile:1.2)", 1.2), ("break", "BREAK", None)]
+    assert data["items"][0]["category"] == Category.SPECIAL.value
+    assert "target: <|short|>" in data["model_input"]
+
+
+def test_models_without_quality_line(capsys):
+    assert cli.main(["--dry-run", "--model", "gamma", "1girl"]) == 0
+    assert "quality:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperature", "0", "1girl"], "temperature"),
+        (["--target", "endless", "1girl"], "unknown target"),
+        (["--ban", "/(/", "1girl"], "not a valid regex"),
+    ],
+)
+def test_bad_settings_exit_2_with_a_message(capsys, args, message):
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_model_offline_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["--offline", "1girl"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_list_models(capsys):
+    assert cli.main(["--list-models", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "delta-rev2" in data["registry"] and data["local"] == []
