@@ -1,0 +1,114 @@
+"""What the webui itself decides: command-line flags, the Settings tab, model paths.
+
+Options are read with a default because `shared.opts` only knows them after the
+Settings tab has been built, and API-only launches may run jobs before that.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dtg_lib.settings import BACKENDS, DEFAULT_MODEL
+
+log = logging.getLogger("dtg")
+
+SECTION = ("dtg", "DanTagGen")
+MODELS_SUBDIR = "dtg"
+DEVICES = ("cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    label: str
+    component: str | None = None
+    choices: tuple[str, ...] = ()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("dtg_model_dir", "", "Model folder (empty: models/dtg; --dtg-model-dir wins)"),
+    Option("dtg_default_model", DEFAULT_MODEL, "Default model in the DanTagGen panel"),
+    Option("dtg_backend", "auto", "Backend", "Radio", BACKENDS),
+    Option("dtg_device", "cpu", "Device (--dtg-device wins)", "Radio", DEVICES),
+    Option("dtg_keep_loaded", True, "Keep the model loaded between jobs (off: unload after each)"),
+)
+_DEFAULTS = {option.key: option.default for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    model_dir: Path | None
+    default_model: str
+    backend: str
+    device: str
+    keep_loaded: bool
+
+
+def register_settings() -> None:
+    """The `on_ui_settings` callback: one "DanTagGen" section in the Settings tab."""
+    from modules import shared
+
+    for option in OPTIONS:
+        shared.opts.add_option(option.key, _option_info(shared, option))
+
+
+def _option_info(shared: Any, option: Option) -> Any:
+    component = _gradio_component(option.component)
+    if component is None:
+        return shared.OptionInfo(option.default, option.label, section=SECTION)
+    args = {"choices": list(option.choices)}
+    return shared.OptionInfo(option.default, option.label, component, args, section=SECTION)
+
+
+def _gradio_component(name: str | None) -> Any:
+    if name is None:
+        return None
+    try:
+        import gradio
+    except ImportError:  # the settings still work as plain text boxes
+        return None
+    return getattr(gradio, name, None)
+
+
+def opt(key: str) -> Any:
+    from modules import shared
+
+    return getattr(shared.opts, key, _DEFAULTS[key])
+
+
+def config() -> HostConfig:
+    from modules import shared
+
+    cmd = shared.cmd_opts
+    return HostConfig(
+        model_dir=_model_dir(getattr(cmd, "dtg_model_dir", None) or opt("dtg_model_dir")),
+        default_model=opt("dtg_default_model") or DEFAULT_MODEL,
+        backend=opt("dtg_backend") or "auto",
+        device=getattr(cmd, "dtg_device", None) or opt("dtg_device") or "cpu",
+        keep_loaded=bool(opt("dtg_keep_loaded")),
+    )
+
+
+def _model_dir(chosen: str | None) -> Path | None:
+    if chosen:
+        return Path(chosen).expanduser()
+    try:
+        from modules import paths
+    except ImportError:
+        return None
+    models_path = getattr(paths, "models_path", None)
+    return Path(models_path) / MODELS_SUBDIR if models_path else None
+
+
+def embedding_names() -> frozenset[str]:
+    """Loaded textual-inversion names, so dtg_lib keeps them as they are; empty if unknown."""
+    try:
+        from modules.sd_hijack import model_hijack
+    except ImportError:
+        return frozenset()
+    database = getattr(model_hijack, "embedding_db", None)
+    return frozenset(getattr(database, "word_embeddings", None) or ())

@@ -1,0 +1,91 @@
+"""Infotext keys: what each image records, and how a pasted infotext restores the panel.
+
+"DTG original prompt" is a callable rather than a list: webui 1.10.1 indexes list
+values by the position inside the batch, so with batch count > 1 every batch
+would repeat the first batch's originals. The callable looks the image up by
+its final prompt text, which create_infotext passes in as `prompt_text`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dtg_lib.settings import SettingsError, UpsampleSettings
+
+from .args import ARG_NAMES, ScriptArgs
+
+log = logging.getLogger("dtg")
+
+PARAMS_KEY = "DTG Parameters"
+ORIGINAL_KEY = "DTG original prompt"
+ERROR_KEY = "DTG error"
+PROMPT_KEY = "Prompt"
+SEED_FIELD = "dtg_seed"
+# Every DTG value a paste can restore, one infotext key per positional argument.
+PASTE_KEYS: dict[str, str] = {name: f"DTG {name}" for name in ARG_NAMES}
+
+
+def params_text(settings: UpsampleSettings, dtg_seed: int) -> str:
+    data = settings.to_dict()
+    data[SEED_FIELD] = dtg_seed
+    return json.dumps(data, sort_keys=True, ensure_ascii=False)
+
+
+class OriginalPrompts:
+    """Per-image "DTG original prompt" value for create_infotext's callable protocol."""
+
+    def __init__(self, originals: Sequence[str], finals: Sequence[str]) -> None:
+        self._by_final = dict(zip(finals, originals))
+        distinct = set(originals)
+        self._only = next(iter(distinct)) if len(distinct) == 1 else None
+
+    def __call__(self, prompt_text: str | None = None, **_: Any) -> str | None:
+        # Grids and hosts without prompt_text still get an answer when it is unambiguous.
+        if prompt_text is not None and prompt_text in self._by_final:
+            return self._by_final[prompt_text]
+        return self._only
+
+
+def read_params(params: dict[str, Any]) -> ScriptArgs | None:
+    """The panel values stored in a parsed infotext, or None when it has none (or bad ones)."""
+    raw = params.get(PARAMS_KEY)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        dtg_seed = int(data.pop(SEED_FIELD, -1))
+        return ScriptArgs.from_settings(UpsampleSettings.from_dict(data), dtg_seed)
+    except (SettingsError, ValueError, TypeError) as exc:
+        log.warning("DTG: ignoring unreadable %r in pasted infotext: %s", PARAMS_KEY, exc)
+        return None
+
+
+def on_infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
+    """Flatten "DTG Parameters" into one key per panel value and put the original prompt back.
+
+    The original prompt goes into the prompt box so that generating again with the
+    restored settings reproduces the expansion instead of expanding an expansion.
+    """
+    restored = read_params(params)
+    if restored is None:
+        return
+    for name, key in PASTE_KEYS.items():
+        params[key] = getattr(restored, name)
+    original = params.get(ORIGINAL_KEY)
+    if isinstance(original, str) and original:
+        params[PROMPT_KEY] = original
+
+
+def paste_getter(name: str) -> Callable[[dict[str, Any]], Any]:
+    """`infotext_fields` key for one panel value.
+
+    "enabled" is answered for every paste, so pasting an image made without DTG turns
+    the panel off; the other values are left alone when the infotext has none.
+    """
+    key = PASTE_KEYS[name]
+    if name == "enabled":
+        return lambda params: PARAMS_KEY in params
+    return lambda params: params.get(key)

@@ -1,0 +1,162 @@
+"""The per-job prompt rewrite behind the script's hooks.
+
+Whatever goes wrong here, the prompts stay exactly as the user wrote them and
+the job goes on: errors become one log line and an infotext note.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dtg_lib.settings import TIMINGS, SettingsError, UpsampleSettings
+
+from . import engine, host
+from .args import RANDOM_SEED, SEED_RANGE, ScriptArgs
+from .infotext import ERROR_KEY, ORIGINAL_KEY, PARAMS_KEY, OriginalPrompts, params_text
+
+log = logging.getLogger("dtg")
+
+# The webui's own random-seed range, so a fixed seed looks like one the webui picked.
+_WEBUI_SEED_RANGE = 4294967294
+
+
+def derive_seed(image_seed: int, dtg_seed: int) -> int:
+    """-1 follows the image seed; a fixed DTG seed is added to it.
+
+    Either way the same image seed gives the same tags, and the images of one
+    batch still differ from each other.
+    """
+    offset = 0 if dtg_seed == RANDOM_SEED else int(dtg_seed)
+    return (int(image_seed) + offset) % SEED_RANGE
+
+
+def fix_seed(seed: Any) -> int:
+    """The webui's "-1 means random" rule, applied early so "before" mode can record it."""
+    if seed is None or seed == "":
+        seed = RANDOM_SEED
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        seed = RANDOM_SEED
+    return random.randrange(_WEBUI_SEED_RANGE) if seed == RANDOM_SEED else seed
+
+
+def is_upscale_pass(p: Any) -> bool:
+    # The txt2img "Upscale" button re-runs the job on a finished image; its prompt was
+    # expanded when that image was made.
+    return bool(getattr(p, "txt2img_upscale", False))
+
+
+def runs_now(p: Any, args: ScriptArgs, hook_timing: str) -> bool:
+    if not args.enabled or is_upscale_pass(p):
+        return False
+    # An unknown timing is reported by process(), through settings validation.
+    timing = args.timing if args.timing in TIMINGS else "after"
+    return timing == hook_timing
+
+
+def expand_images(p: Any, args: ScriptArgs) -> None:
+    """`process()`: every image gets its own expansion, seeded from its own seed."""
+    if not runs_now(p, args, "after"):
+        return
+    config = host.config()
+    settings = _settings(p, args, config)
+    if settings is None:
+        return
+    originals = list(p.all_prompts)
+    seeds = [derive_seed(seed, args.seed()) for seed in p.all_seeds]
+    finals = _expand(p, originals, settings, seeds, config)
+    if finals is None:
+        return
+    _replace_prompts(p, originals, finals)
+    _record(p, settings, args.seed(), OriginalPrompts(originals, finals))
+
+
+def expand_main_prompt(p: Any, args: ScriptArgs) -> None:
+    """`before_process()`: one expansion for the whole job, before styles and wildcards.
+
+    Seeded from the job seed, so it is reproducible only when the job seed is kept.
+    """
+    if not runs_now(p, args, "before"):
+        return
+    config = host.config()
+    settings = _settings(p, args, config)
+    if settings is None:
+        return
+    p.seed = fix_seed(p.seed)
+    many = isinstance(p.prompt, list)
+    originals = list(p.prompt) if many else [p.prompt]
+    seeds = [derive_seed(p.seed, args.seed())] * len(originals)
+    finals = _expand(p, originals, settings, seeds, config)
+    if finals is None:
+        return
+    p.prompt = finals if many else finals[0]
+    _record(p, settings, args.seed(), OriginalPrompts(originals, finals))
+
+
+def finish_job(args: ScriptArgs) -> None:
+    """`postprocess()`: free the model when the user asked not to keep it."""
+    if args.enabled and not host.config().keep_loaded:
+        engine.unload()
+
+
+def _settings(p: Any, args: ScriptArgs, config: host.HostConfig) -> UpsampleSettings | None:
+    try:
+        return args.settings(backend=config.backend, device=config.device)
+    except SettingsError as exc:
+        log.error("DTG: invalid settings, prompts left as written: %s", exc)
+        _note_error(p, f"invalid settings: {exc}")
+        return None
+
+
+def _expand(
+    p: Any,
+    prompts: Sequence[str],
+    settings: UpsampleSettings,
+    seeds: Sequence[int],
+    config: host.HostConfig,
+) -> list[str] | None:
+    started = time.perf_counter()
+    try:
+        upsampler = engine.get_engine(config.model_dir, host.embedding_names())
+        width, height = int(getattr(p, "width", 1024)), int(getattr(p, "height", 1024))
+        results = upsampler.upsample_many(list(prompts), settings, list(seeds), width, height)
+        finals = [result.final_prompt for result in results]
+        if len(finals) != len(prompts):
+            raise RuntimeError(f"engine returned {len(finals)} prompts for {len(prompts)}")
+    except Exception as exc:  # any engine failure must leave the job running, unexpanded
+        log.error("DTG: expansion failed, prompts left as written: %s: %s", type(exc).__name__, exc)
+        log.debug("DTG: expansion failure details", exc_info=True)
+        _note_error(p, f"{type(exc).__name__}: {exc}")
+        return None
+    log.info("DTG: expanded %d prompt(s) in %.2fs", len(finals), time.perf_counter() - started)
+    return finals
+
+
+def _replace_prompts(p: Any, originals: list[str], finals: list[str]) -> None:
+    p.all_prompts = list(finals)
+    hires = getattr(p, "all_hr_prompts", None)
+    if not hires:
+        return
+    # A hires prompt equal to the original is the webui's copy of an empty hires box;
+    # one the user wrote differently is theirs and stays.
+    p.all_hr_prompts = [
+        finals[i] if i < len(finals) and hr == originals[i] else hr for i, hr in enumerate(hires)
+    ]
+
+
+def _record(p: Any, settings: UpsampleSettings, dtg_seed: int, originals: OriginalPrompts) -> None:
+    p.extra_generation_params[PARAMS_KEY] = params_text(settings, dtg_seed)
+    p.extra_generation_params[ORIGINAL_KEY] = originals
+
+
+def _note_error(p: Any, message: str) -> None:
+    one_line = " ".join(message.split())
+    p.extra_generation_params[ERROR_KEY] = one_line
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(f"DTG: {one_line} (prompts left unexpanded)")

@@ -1,0 +1,17 @@
+"""Command-line flags for DanTagGen; the webui calls `preload` before parsing its flags."""
+
+
+def preload(parser) -> None:
+    # Self-contained: the extension folder is not importable yet when this runs.
+    parser.add_argument(
+        "--dtg-model-dir",
+        type=str,
+        default=None,
+        help="DanTagGen: folder holding (or receiving) DTG models; overrides the setting",
+    )
+    parser.add_argument(
+        "--dtg-device",
+        type=str,
+        default=None,
+        help="DanTagGen: device for the DTG model (cpu, cuda, mps); overrides the setting",
+    )

@@ -1,0 +1,164 @@
+"""DanTagGen for the Stable Diffusion WebUI (AUTOMATIC1111 1.10 and Forge).
+
+A thin adapter: the panel's values become one `ScriptArgs`, and everything else
+lives in `dtg_webui` (host glue) and `dtg_lib` (the engine).
+
+API: `"alwayson_scripts": {"DanTagGen": {"args": [...]}}`, positional, in this order
+(`dtg_webui.args.ARG_NAMES`; missing trailing values take their defaults):
+
+  0 enabled (bool, default false)   6 temperature (float, 1.35)
+  1 target (very_short|short|long|very_long)   7 top_p (float, 0.95)
+  2 ban_tags (str)                  8 top_k (int, 100)
+  3 dtg_seed (int, -1: each image's own seed)  9 min_p (float, 0)
+  4 timing ("after": per image; "before": once per job)   10 format (default|one line|append|custom)
+  5 model (str, e.g. "delta-rev2")  11 custom_format (template, used when format is "custom")
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# A1111 puts the extension folder on sys.path only while this file loads, so the packages
+# beside it are imported now, while they can be found.
+_EXTENSION_ROOT = str(Path(__file__).resolve().parent.parent)
+if _EXTENSION_ROOT not in sys.path:
+    sys.path.append(_EXTENSION_ROOT)
+
+from modules import script_callbacks, scripts  # noqa: E402
+
+from dtg_lib.settings import TARGETS, TIMINGS  # noqa: E402
+from dtg_webui import host, infotext, rewrite  # noqa: E402
+from dtg_webui.args import ARG_NAMES, FORMAT_CHOICES, RANDOM_SEED, ScriptArgs  # noqa: E402
+
+TITLE = "DanTagGen"
+DEFAULTS = ScriptArgs()
+TIMING_HELP = (
+    "after: each image expanded with its own seed, after wildcards and styles (reproducible); "
+    "before: the prompt expanded once per job from the job seed"
+)
+BAN_HELP = "comma-separated: exact tag, * wildcard, or /regex/"
+
+
+class DanTagGenScript(scripts.Script):
+    def title(self) -> str:
+        return TITLE
+
+    def show(self, is_img2img: bool) -> object:
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img: bool) -> list:
+        import gradio as gr
+        from modules.ui_components import InputAccordion
+
+        tab = "img2img" if is_img2img else "txt2img"
+
+        def ids(name: str) -> dict:
+            # Unique per tab for the DOM; the class names the control on both tabs.
+            return {"elem_id": f"dtg-{tab}-{name}", "elem_classes": [f"dtg-{name}"]}
+
+        with InputAccordion(DEFAULTS.enabled, label=TITLE, **ids("enabled")) as enabled:
+            with gr.Row():
+                target = gr.Radio(
+                    list(TARGETS), value=DEFAULTS.target, label="Target length", **ids("target")
+                )
+                timing = gr.Radio(
+                    list(TIMINGS),
+                    value=DEFAULTS.timing,
+                    label="When",
+                    info=TIMING_HELP,
+                    **ids("timing"),
+                )
+            ban_tags = gr.Textbox(
+                value=DEFAULTS.ban_tags, label="Ban tags", placeholder=BAN_HELP, **ids("ban-tags")
+            )
+            with gr.Row():
+                dtg_seed = gr.Number(
+                    value=RANDOM_SEED,
+                    precision=0,
+                    label="DTG seed (-1: each image's seed)",
+                    **ids("seed"),
+                )
+                follow_seed = gr.Button("\U0001f3b2", **ids("seed-follow"))
+                model = gr.Dropdown(
+                    _model_choices(),
+                    value=host.opt("dtg_default_model"),
+                    label="Model",
+                    allow_custom_value=True,
+                    **ids("model"),
+                )
+            with gr.Row():
+                temperature = gr.Slider(
+                    0.1,
+                    2.5,
+                    value=DEFAULTS.temperature,
+                    step=0.05,
+                    label="Temperature",
+                    **ids("temperature"),
+                )
+                top_p = gr.Slider(
+                    0.05, 1.0, value=DEFAULTS.top_p, step=0.01, label="Top p", **ids("top-p")
+                )
+                top_k = gr.Slider(
+                    0, 200, value=DEFAULTS.top_k, step=1, label="Top k", **ids("top-k")
+                )
+                min_p = gr.Slider(
+                    0.0, 0.5, value=DEFAULTS.min_p, step=0.01, label="Min p", **ids("min-p")
+                )
+            with gr.Row():
+                output_format = gr.Radio(
+                    list(FORMAT_CHOICES),
+                    value=DEFAULTS.format,
+                    label="Output format",
+                    **ids("format"),
+                )
+                custom_format = gr.Textbox(
+                    value="",
+                    lines=3,
+                    label="Custom template",
+                    placeholder="<|special|>, <|general|>, <|quality|>",
+                    **ids("custom-format"),
+                )
+        follow_seed.click(fn=lambda: RANDOM_SEED, inputs=[], outputs=[dtg_seed])
+
+        components = [
+            enabled,
+            target,
+            ban_tags,
+            dtg_seed,
+            timing,
+            model,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            output_format,
+            custom_format,
+        ]
+        self.infotext_fields = [
+            (component, infotext.paste_getter(name))
+            for component, name in zip(components, ARG_NAMES)
+        ]
+        self.paste_field_names = list(infotext.PASTE_KEYS.values())
+        return components
+
+    def before_process(self, p, *args) -> None:
+        rewrite.expand_main_prompt(p, ScriptArgs.from_args(args))
+
+    def process(self, p, *args) -> None:
+        rewrite.expand_images(p, ScriptArgs.from_args(args))
+
+    def postprocess(self, p, processed, *args) -> None:
+        rewrite.finish_job(ScriptArgs.from_args(args))
+
+
+def _model_choices() -> list[str]:
+    from dtg_lib.models import model_choices
+
+    return model_choices()
+
+
+# At module level, not per instance: the class is built once per tab, and the webui
+# clears these callbacks before it reloads scripts.
+script_callbacks.on_ui_settings(host.register_settings)
+script_callbacks.on_infotext_pasted(infotext.on_infotext_pasted)

@@ -1,0 +1,1 @@
+"""Test stand-in for the webui's `modules` package (see ../README.md)."""
