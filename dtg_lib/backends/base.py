@@ -1,0 +1,116 @@
+"""What every backend promises, and the errors callers can act on."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from ..settings import SamplingSettings
+
+# llama.cpp treats seed 0xFFFFFFFF as "pick a random seed", so seeds are folded
+# into the range below it; torch uses the same folding so both see equal seeds.
+_SEED_RANGE = 0xFFFFFFFF
+
+CPU_DEVICES = ("cpu",)
+GPU_DEVICES = ("cuda", "gpu", "mps")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One model call: the new text and how long each phase took."""
+
+    # Only the newly generated text (no prompt); special tokens other than EOS
+    # stay in as text so callers can see and drop them.
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_eval_s: float
+    generation_s: float
+    stopped_by_eos: bool
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.generation_s if self.generation_s > 0 else 0.0
+
+
+class BackendUnavailable(RuntimeError):
+    """The library a backend needs is missing; the message has the pip command."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model file or folder is missing, corrupt, truncated or of the wrong kind."""
+
+
+class PromptTooLong(ValueError):
+    """The prompt leaves no room for new tokens in the model's context."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    device: str
+    model_path: Path
+
+    def generate(self, prompt: str, sampling: SamplingSettings, seed: int) -> Generation: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def fold_seed(seed: int) -> int:
+    """Map any integer seed (negative, huge) onto the range both libraries accept."""
+    return int(seed) % _SEED_RANGE
+
+
+def normalize_device(device: str) -> str:
+    """'cpu', 'cuda', 'cuda:N' or 'mps'; 'gpu' means CUDA."""
+    text = str(device).strip().lower()
+    if text == "gpu":
+        return "cuda"
+    if text in ("cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N, gpu or mps")
+
+
+def new_token_budget(prompt_tokens: int, context: int, wanted: int) -> int:
+    """How many tokens may still be generated; raises when the prompt fills the context."""
+    room = context - prompt_tokens
+    if room <= 0:
+        raise PromptTooLong(
+            f"the prompt is {prompt_tokens} tokens but the model's context is {context}"
+        )
+    return min(wanted, room)
+
+
+class Stopwatch:
+    """Splits one generation into prompt evaluation and decoding.
+
+    Neither library reports the split the same way, so both backends mark the
+    moment the first new token exists: everything before it is prompt work.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.first_token: float | None = None
+        self.ended: float | None = None
+
+    def mark_first_token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+    def stop(self) -> None:
+        self.ended = time.perf_counter()
+
+    @property
+    def prompt_eval_s(self) -> float:
+        end = self.first_token if self.first_token is not None else self.ended
+        return max(0.0, (end or self.started) - self.started)
+
+    @property
+    def generation_s(self) -> float:
+        if self.first_token is None or self.ended is None:
+            return 0.0
+        return max(0.0, self.ended - self.first_token)
