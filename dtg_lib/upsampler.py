@@ -13,9 +13,9 @@ import random
 import threading
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .assemble import assemble
 from .ban import compile_ban_list
@@ -29,6 +29,9 @@ from .dtg_format import (
 )
 from .prompt_syntax import parse
 from .settings import UpsampleSettings
+
+if TYPE_CHECKING:
+    from .model_selection import ModelChoice
 
 log = logging.getLogger("dtg")
 
@@ -60,6 +63,7 @@ class Result:
     backend: str
     device: str
     tag_categories: dict[str, str] = field(default_factory=dict)
+    notices: tuple[str, ...] = ()  # things the user should be told, such as a backend fallback
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -155,18 +159,20 @@ class Upsampler:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed each")
         started = time.perf_counter()
-        backend, model_name, quality_line = self._backend_for(settings)
+        backend, choice = self._backend_for(settings)
         load_s = time.perf_counter() - started
         results = []
         for prompt, seed in zip(prompts, seeds):
-            result = self._expand(prompt, settings, seed, width, height, backend, quality_line)
-            results.append(_with_model(result, model_name, backend, load_s if not results else 0.0))
+            result = self._expand(
+                prompt, settings, seed, width, height, backend, choice.takes_quality_line
+            )
+            results.append(_with_model(result, choice, backend, load_s if not results else 0.0))
         return results
 
     def unload(self) -> None:
         self.backends.unload()
 
-    def _backend_for(self, settings: UpsampleSettings) -> tuple[Any, str, bool]:
+    def _backend_for(self, settings: UpsampleSettings) -> tuple[Any, ModelChoice]:
         from .model_selection import select_model
 
         choice = select_model(
@@ -176,7 +182,7 @@ class Upsampler:
             allow_download=self.allow_download,
         )
         backend = self.backends.get(choice.backend, choice.path, settings.device)
-        return backend, choice.display_name, choice.takes_quality_line
+        return backend, choice
 
     def _expand(
         self,
@@ -269,12 +275,15 @@ class _Rounds:
         return len(self.new_tags) - before
 
 
-def _with_model(result: Result, model: str, backend: Any, load_s: float) -> Result:
-    from dataclasses import replace
-
+def _with_model(result: Result, choice: ModelChoice, backend: Any, load_s: float) -> Result:
     timings = replace(result.timings, load_s=load_s, total_s=result.timings.total_s + load_s)
     return replace(
-        result, model=model, backend=backend.name, device=backend.device, timings=timings
+        result,
+        model=choice.display_name,
+        backend=backend.name,
+        device=backend.device,
+        timings=timings,
+        notices=(choice.notice,) if choice.notice else (),
     )
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from fake_lookup import FakeLookup
 
 from dtg_lib.dtg_format import INPUT_END
+from dtg_lib.model_selection import ModelChoice
 from dtg_lib.settings import UpsampleSettings
 from dtg_lib.upsampler import Upsampler
 
@@ -48,7 +50,8 @@ class ScriptedBackend:
 
 def make(backend, monkeypatch):
     upsampler = Upsampler(lookup=FakeLookup())
-    monkeypatch.setattr(upsampler, "_backend_for", lambda settings: (backend, "scripted", True))
+    choice = ModelChoice("scripted", Path("scripted.gguf"), "scripted", True)
+    monkeypatch.setattr(upsampler, "_backend_for", lambda settings: (backend, choice))
     return upsampler
 
 
