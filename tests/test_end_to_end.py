@@ -103,6 +103,7 @@ def test_user_tags_are_not_added_again(upsampler, model_path):
 
 
 def test_corrupt_and_missing_models_are_clear_errors(upsampler, tmp_path):
+    pytest.importorskip("llama_cpp")
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 20)
     with pytest.raises(RuntimeError, match="broken.gguf"):
