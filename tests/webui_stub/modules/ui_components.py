@@ -6,29 +6,11 @@ Accordion, enough to build the script's UI; without gradio, a plain value holder
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
-try:
-    import gradio as gr
-except ImportError:
-    gr = None
-
-
-if gr is not None:
-
-    class InputAccordion(gr.Checkbox):
-        def __init__(self, value: bool, **kwargs: Any) -> None:
-            label = kwargs.get("label", "")
-            super().__init__(value=value, **kwargs)
-            self.accordion = gr.Accordion(label, open=bool(value))
-
-        def __enter__(self) -> InputAccordion:
-            self.accordion.__enter__()
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.accordion.__exit__(*exc)
-
+if importlib.util.find_spec("gradio") is not None:
+    from modules._gradio_accordion import InputAccordion
 else:
 
     class InputAccordion:  # type: ignore[no-redef]
