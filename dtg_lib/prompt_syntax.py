@@ -110,8 +110,10 @@ def _is_escaped(text: str, pos: int) -> bool:
     return backslashes % 2 == 1
 
 
-def _matching_square(text: str, start: int, stop: int, blocked: set[int]) -> int | None:
-    """Index of the `]` closing the `[` at start, honouring nesting and escapes."""
+def _bracket_depths(
+    text: str, start: int, stop: int, blocked: set[int]
+) -> Iterator[tuple[int, str, int]]:
+    """(position, character, depth after it) for unescaped, unblocked characters."""
     depth = 0
     pos = start
     while pos < stop:
@@ -126,35 +128,27 @@ def _matching_square(text: str, start: int, stop: int, blocked: set[int]) -> int
             depth += 1
         elif char in ")]":
             depth -= 1
-            if depth == 0:
-                return pos if char == "]" else None
-            if depth < 0:
-                return None
+        yield pos, char, depth
         pos += 1
+
+
+def _matching_square(text: str, start: int, stop: int, blocked: set[int]) -> int | None:
+    """Index of the `]` closing the `[` at start, honouring nesting and escapes."""
+    for pos, char, depth in _bracket_depths(text, start, stop, blocked):
+        if depth == 0:
+            return pos if char == "]" else None
+        if depth < 0:
+            return None
     return None
 
 
 def _top_level_marks(text: str, start: int, end: int, blocked: set[int]) -> list[int]:
     """Positions of `:` and `|` directly inside the brackets text[start:end+1]."""
-    marks = []
-    depth = 0
-    pos = start + 1
-    while pos < end:
-        char = text[pos]
-        if pos in blocked:
-            pos += 1
-            continue
-        if char == "\\":
-            pos += 2
-            continue
-        if char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-        elif depth == 0 and char in ":|":
-            marks.append(pos)
-        pos += 1
-    return marks
+    return [
+        pos
+        for pos, char, depth in _bracket_depths(text, start + 1, end, blocked)
+        if depth == 0 and char in ":|"
+    ]
 
 
 def _editing_span(text: str, start: int, end: int, blocked: set[int]) -> _Span | None:
