@@ -106,7 +106,7 @@ def test_corrupt_and_missing_models_are_clear_errors(upsampler, tmp_path):
     pytest.importorskip("llama_cpp")
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 20)
-    with pytest.raises(RuntimeError, match="broken.gguf"):
+    with pytest.raises(RuntimeError, match=r"broken\.gguf"):
         upsampler.upsample("1girl", settings(str(broken)), seed=1)
     with pytest.raises(RuntimeError, match="No model file or folder"):
         upsampler.upsample("1girl", settings(str(tmp_path / "nothing.gguf")), seed=1)
