@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -84,7 +85,50 @@ def settings_from_args(args: argparse.Namespace) -> UpsampleSettings:
     return UpsampleSettings.from_dict(data)
 
 
+def build_serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dtg_lib serve",
+        description="Serve the DTG page at / and the HTTP API at /dtg/v1/ on one port.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=7870)
+    parser.add_argument("--model", default=None, help="default model: registry name or path")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="the only folder API requests may name"
+    )
+    parser.add_argument("--offline", action="store_true", help="never download")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def serve(argv: Sequence[str]) -> int:
+    args = build_serve_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
+    try:
+        # importlib, not an import statement: dtg_lib itself never imports gradio.
+        server = importlib.import_module("dtg_app.server")
+    except ImportError as exc:
+        print(
+            f"error: the app needs gradio and fastapi: pip install 'dtg-upsampler[app]' ({exc})",
+            file=sys.stderr,
+        )
+        return 1
+    server.serve(
+        args.host,
+        args.port,
+        model=args.model,
+        model_dir=args.model_dir,
+        allow_download=not args.offline,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

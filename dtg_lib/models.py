@@ -228,6 +228,18 @@ def _parse_registry_name(text: str) -> ModelSpec | None:
     )
 
 
+def is_registry_name(name: str) -> bool:
+    """True for names the registry knows (`delta-rev2`, `gamma:hf`, a repo id), not paths.
+
+    Callers that take names from the network use this to tell a registry name,
+    which may be downloaded, from a local name that must stay in the model folder.
+    """
+    try:
+        return isinstance(name, str) and _parse_registry_name(name.strip()) is not None
+    except ModelNotFound:  # a known model with an unknown variant is still a registry name
+        return True
+
+
 def _find_local_path(text: str, model_dir: Path | None) -> Path | None:
     # The model folder wins over the working directory: names listed by
     # list_local_models are relative to it.

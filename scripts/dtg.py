@@ -12,11 +12,15 @@ API: `"alwayson_scripts": {"DanTagGen": {"args": [...]}}`, positional, in this o
   3 dtg_seed (int, -1: each image's own seed)  9 min_p (float, 0)
   4 timing ("after": per image; "before": once per job)   10 format (default|one line|append|custom)
   5 model (str, e.g. "delta-rev2")  11 custom_format (template, used when format is "custom")
+
+Also: a Preview of the prompt box (dtg_webui.preview_ui, javascript/dtg.js), X/Y/Z plot
+axes (dtg_webui.xyz), HTTP routes under /dtg/v1 with --api (dtg_webui.routes).
 """
 
 from __future__ import annotations
 
 import sys
+from html import escape
 from pathlib import Path
 
 # A1111 puts the extension folder on sys.path only while this file loads, so the packages
@@ -28,7 +32,7 @@ if _EXTENSION_ROOT not in sys.path:
 from modules import script_callbacks, scripts  # noqa: E402
 
 from dtg_lib.settings import TARGETS, TIMINGS  # noqa: E402
-from dtg_webui import host, infotext, rewrite  # noqa: E402
+from dtg_webui import host, infotext, install_status, preview_ui, rewrite, routes, xyz  # noqa: E402
 from dtg_webui.args import ARG_NAMES, FORMAT_CHOICES, RANDOM_SEED, ScriptArgs  # noqa: E402
 
 TITLE = "DanTagGen"
@@ -41,6 +45,10 @@ BAN_HELP = "comma-separated: exact tag, * wildcard, or /regex/"
 
 
 class DanTagGenScript(scripts.Script):
+    def __init__(self) -> None:
+        super().__init__()
+        self.preview = preview_ui.PreviewWiring()
+
     def title(self) -> str:
         return TITLE
 
@@ -58,6 +66,9 @@ class DanTagGenScript(scripts.Script):
             return {"elem_id": f"dtg-{tab}-{name}", "elem_classes": [f"dtg-{name}"]}
 
         with InputAccordion(DEFAULTS.enabled, label=TITLE, **ids("enabled")) as enabled:
+            notice = install_status.install_notice()
+            if notice:
+                gr.HTML(f'<div class="dtg-install-notice">{escape(notice)}</div>')
             with gr.Row():
                 target = gr.Radio(
                     list(TARGETS), value=DEFAULTS.target, label="Target length", **ids("target")
@@ -119,6 +130,10 @@ class DanTagGenScript(scripts.Script):
                     placeholder="<|special|>, <|general|>, <|quality|>",
                     **ids("custom-format"),
                 )
+            with gr.Row():
+                preview = gr.Button("Preview", **ids("preview-run"))
+                gr.Button("Use in prompt", **ids("copy"))
+            preview_box = gr.HTML(preview_ui.EMPTY_HTML, **ids("preview"))
         follow_seed.click(fn=lambda: RANDOM_SEED, inputs=[], outputs=[dtg_seed])
 
         components = [
@@ -140,16 +155,27 @@ class DanTagGenScript(scripts.Script):
             for component, name in zip(components, ARG_NAMES)
         ]
         self.paste_field_names = list(infotext.PASTE_KEYS.values())
+        self.preview.set_controls(preview, preview_box, components)
         return components
 
+    def after_component(self, component, **kwargs) -> None:
+        # The prompt, seed and size boxes are the host's; the preview reads them.
+        elem_id = kwargs.get("elem_id") or getattr(component, "elem_id", None)
+        self.preview.saw_component(component, elem_id)
+
     def before_process(self, p, *args) -> None:
-        rewrite.expand_main_prompt(p, ScriptArgs.from_args(args))
+        rewrite.expand_main_prompt(p, _job_args(p, args))
 
     def process(self, p, *args) -> None:
-        rewrite.expand_images(p, ScriptArgs.from_args(args))
+        rewrite.expand_images(p, _job_args(p, args))
 
     def postprocess(self, p, processed, *args) -> None:
-        rewrite.finish_job(ScriptArgs.from_args(args))
+        rewrite.finish_job(_job_args(p, args))
+
+
+def _job_args(p, args: tuple) -> ScriptArgs:
+    # X/Y/Z plot cells carry their own DTG values on `p`.
+    return xyz.apply_overrides(p, ScriptArgs.from_args(args))
 
 
 def _model_choices() -> list[str]:
@@ -162,3 +188,5 @@ def _model_choices() -> list[str]:
 # clears these callbacks before it reloads scripts.
 script_callbacks.on_ui_settings(host.register_settings)
 script_callbacks.on_infotext_pasted(infotext.on_infotext_pasted)
+script_callbacks.on_app_started(routes.mount)
+script_callbacks.on_before_ui(xyz.register_axes)

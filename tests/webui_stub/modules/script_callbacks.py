@@ -1,4 +1,4 @@
-"""The two callback lists the script registers with."""
+"""The callback lists the script registers with, and the calls the host makes on them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 _ui_settings: list[Callable[[], None]] = []
 _infotext_pasted: list[Callable[[str, dict[str, Any]], None]] = []
+_app_started: list[Callable[[Any, Any], None]] = []
+_before_ui: list[Callable[[], None]] = []
 
 
 def on_ui_settings(callback: Callable[[], None]) -> None:
@@ -15,6 +17,15 @@ def on_ui_settings(callback: Callable[[], None]) -> None:
 
 def on_infotext_pasted(callback: Callable[[str, dict[str, Any]], None]) -> None:
     _infotext_pasted.append(callback)
+
+
+def on_app_started(callback: Callable[[Any, Any], None]) -> None:
+    """Called with the gradio Blocks (None when API-only) and the FastAPI app."""
+    _app_started.append(callback)
+
+
+def on_before_ui(callback: Callable[[], None]) -> None:
+    _before_ui.append(callback)
 
 
 def ui_settings_callback() -> None:
@@ -27,6 +38,16 @@ def infotext_pasted_callback(infotext: str, params: dict[str, Any]) -> None:
         callback(infotext, params)
 
 
+def app_started_callback(demo: Any, app: Any) -> None:
+    for callback in _app_started:
+        callback(demo, app)
+
+
+def before_ui_callback() -> None:
+    for callback in _before_ui:
+        callback()
+
+
 def clear_callbacks() -> None:
-    _ui_settings.clear()
-    _infotext_pasted.clear()
+    for callbacks in (_ui_settings, _infotext_pasted, _app_started, _before_ui):
+        callbacks.clear()

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 AlwaysVisible = object()
 log = logging.getLogger("webui_stub")
+
+
+@dataclass
+class ScriptClassData:
+    """One loaded script file: where it lies and the module it became."""
+
+    script_class: Any
+    path: str
+    basedir: str
+    module: Any
+
+
+# Every script file the host loaded, in load order; extensions search it for other scripts.
+scripts_data: list[ScriptClassData] = []
 
 
 class Script:
@@ -25,6 +40,9 @@ class Script:
 
     def ui(self, is_img2img: bool) -> list:
         return []
+
+    def after_component(self, component: Any, **kwargs: Any) -> None:
+        """Called for every component the host builds, with its constructor's keywords."""
 
     def before_process(self, p: Any, *args: Any) -> None:
         pass

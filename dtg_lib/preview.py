@@ -1,0 +1,183 @@
+"""The expanded prompt as HTML a person takes in at a glance (and as plain text).
+
+Every item of the final prompt becomes a chip coloured by its Danbooru
+category; the user's items are filled chips in the order the prompt has
+them, DTG's new tags are dashed outlines marked "+". Line breaks of the
+prompt's template are kept. Pure string building: the webui and the
+standalone page both put the result in an HTML component.
+
+A result may be a `Result` or its JSON form (`http_api.result_to_json`), so
+a client of the HTTP API can render the same preview.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+
+from .categories import Category, canonical
+from .prompt_syntax import ItemKind, PromptItem, parse
+
+# Colours readable on both light and dark backgrounds: chips use them as a border
+# and as a faint fill, text keeps the page's colour.
+CATEGORY_COLOURS: dict[str, str] = {
+    Category.SPECIAL.value: "#e67e22",
+    Category.CHARACTER.value: "#27ae60",
+    Category.COPYRIGHT.value: "#9b59b6",
+    Category.ARTIST.value: "#e74c3c",
+    Category.GENERAL.value: "#3498db",
+    Category.META.value: "#7f8c8d",
+    Category.QUALITY.value: "#d4ac0d",
+    Category.RATING.value: "#e84393",
+}
+OTHER = "other"  # LoRA, BREAK, AND, prompt editing, wildcards: kept verbatim, no category
+OTHER_COLOUR = "#95a5a6"
+_KIND_LABELS = {
+    ItemKind.EXTRA_NETWORK: "extra network",
+    ItemKind.BREAK: "BREAK",
+    ItemKind.AND: "AND",
+    ItemKind.PART_WEIGHT: "AND weight",
+    ItemKind.EDITING: "prompt editing",
+    ItemKind.ALTERNATION: "alternation",
+    ItemKind.WILDCARD: "wildcard",
+    ItemKind.EMBEDDING: "embedding",
+    ItemKind.TEXT: "text",
+}
+_BOX = (
+    "font-family:inherit;line-height:1.9;padding:10px 12px;border-radius:10px;"
+    "border:1px solid rgba(127,127,127,.25);"
+)
+_CHIP = "display:inline-block;margin:2px 3px;padding:0 8px;border-radius:999px;font-size:.92em;"
+_SMALL = "font-size:.8em;opacity:.8;"
+
+
+def _field(result: Any, name: str) -> Any:
+    return result[name] if isinstance(result, Mapping) else getattr(result, name)
+
+
+def _total_seconds(result: Any) -> float:
+    timings = _field(result, "timings")
+    return float(timings["total_s"] if isinstance(timings, Mapping) else timings.total_s)
+
+
+# ---------------------------------------------------------------- classifying items
+
+
+def classify_items(result: Any) -> list[tuple[PromptItem, str, bool]]:
+    """(item, category or "other", is_new) for each item of the final prompt, in order."""
+    categories = {canonical(k): v for k, v in _field(result, "tag_categories").items()}
+    new = {canonical(t) for t in _field(result, "new_tags")} - set(categories)
+    rows = []
+    for item in parse(_field(result, "final_prompt")).items:
+        if item.kind is ItemKind.SEPARATOR:
+            rows.append((item, "", False))
+        elif item.kind in (ItemKind.TAG, ItemKind.GROUP) and item.tags:
+            names = [canonical(t.name) for t in item.tags]
+            is_new = all(n in new for n in names)
+            category = Category.GENERAL.value if is_new else categories.get(names[0])
+            rows.append((item, category or Category.GENERAL.value, is_new))
+        else:
+            rows.append((item, OTHER, False))
+    return rows
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def _chip(item: PromptItem, category: str, is_new: bool) -> str:
+    colour = CATEGORY_COLOURS.get(category, OTHER_COLOUR)
+    label = _KIND_LABELS.get(item.kind, category) if category == OTHER else category
+    title = f"{label}, added by DTG" if is_new else label
+    if is_new:
+        style = f"{_CHIP}border:1.5px dashed {colour};background:transparent;"
+        text = f'<b style="color:{colour}">+</b>&#8202;{escape(item.text.strip())}'
+    else:
+        style = f"{_CHIP}border:1.5px solid {colour};background:{colour}2e;"
+        text = escape(item.text.strip())
+    classes = f"dtg-tag dtg-cat-{category}" + (" dtg-new" if is_new else " dtg-user")
+    return (
+        f'<span class="{classes}" data-category="{escape(category)}" '
+        f'title="{escape(title)}" style="{style}">{text}</span>'
+    )
+
+
+def _separator(item: PromptItem) -> str:
+    # Template line breaks show the structure (characters / artist / general / quality).
+    breaks = min(item.text.count("\n"), 2)
+    return '<br class="dtg-break">' * breaks
+
+
+def _tags_html(rows: list[tuple[PromptItem, str, bool]]) -> str:
+    parts = [_separator(i) if i.kind is ItemKind.SEPARATOR else _chip(i, c, n) for i, c, n in rows]
+    return f'<div class="dtg-preview-tags">{"".join(parts)}</div>'
+
+
+def _legend_html(rows: list[tuple[PromptItem, str, bool]]) -> str:
+    present = {c for i, c, _ in rows if i.kind is not ItemKind.SEPARATOR}
+    entries = [
+        f'<span style="{_CHIP}border:1.5px solid {colour};background:{colour}2e;">'
+        f"{escape(name)}</span>"
+        for name, colour in [*CATEGORY_COLOURS.items(), (OTHER, OTHER_COLOUR)]
+        if name in present
+    ]
+    if any(n for _, _, n in rows):
+        entries.append(f'<span style="{_CHIP}border:1.5px dashed {OTHER_COLOUR};">+ new</span>')
+    return f'<div class="dtg-legend" style="{_SMALL}margin-top:6px">{"".join(entries)}</div>'
+
+
+def _summary(result: Any) -> str:
+    new_count = len(_field(result, "new_tags"))
+    rounds = _field(result, "rounds")
+    parts = [
+        f"{new_count} new tag{'s' if new_count != 1 else ''}",
+        f"{rounds} round{'s' if rounds != 1 else ''}",
+        f"{_total_seconds(result):.2f} s",
+        f"seed {_field(result, 'seed')}",
+    ]
+    model, backend = _field(result, "model"), _field(result, "backend")
+    if model:
+        parts.append(f"{model} ({backend})" if backend else str(model))
+    return " · ".join(escape(str(p)) for p in parts)
+
+
+def _notices_html(result: Any) -> str:
+    notices = _field(result, "notices")
+    return "".join(
+        f'<div class="dtg-notice" style="{_SMALL}color:#d35400">{escape(n)}</div>' for n in notices
+    )
+
+
+def render_preview_html(result: Any) -> str:
+    """One result as a self-contained HTML block (inline styles, every text escaped)."""
+    rows = classify_items(result)
+    return (
+        f'<div class="dtg-preview" style="{_BOX}">'
+        f'<div class="dtg-summary" style="{_SMALL}margin-bottom:4px">{_summary(result)}</div>'
+        f"{_notices_html(result)}{_tags_html(rows)}{_legend_html(rows)}</div>"
+    )
+
+
+def render_preview_grid(results: Sequence[Any]) -> str:
+    """Several results side by side (one column each), such as one prompt with N seeds."""
+    cards = "".join(
+        f'<div class="dtg-preview-card" style="flex:1 1 320px;min-width:0">'
+        f"{render_preview_html(r)}</div>"
+        for r in results
+    )
+    style = "display:flex;flex-wrap:wrap;gap:10px"
+    return f'<div class="dtg-preview-grid" style="{style}">{cards}</div>'
+
+
+def render_preview_text(result: Any) -> str:
+    """The same information as plain text: final prompt, new tags, rounds and time."""
+    new_tags = ", ".join(_field(result, "new_tags")) or "(none)"
+    lines = [
+        _field(result, "final_prompt"),
+        "",
+        f"new: {new_tags}",
+        f"{_field(result, 'rounds')} rounds, {_total_seconds(result):.2f} s, "
+        f"seed {_field(result, 'seed')}",
+        *(f"note: {n}" for n in _field(result, "notices")),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""The panel's Preview: expand the prompt box's text now, with the panel's values and seed.
+
+The prompt, seed and size boxes belong to the webui, not to this script. They are
+caught as they are built (the script's `after_component` hook, by elem_id) and the
+Preview button is wired as soon as both it and the prompt box exist, whichever the
+host builds first. "Use in prompt" is done in javascript/dtg.js, which reads the
+final prompt out of the preview (`.dtg-preview-final`).
+"""
+
+from __future__ import annotations
+
+import logging
+from html import escape
+from typing import Any
+
+from dtg_lib.settings import SettingsError
+
+from . import engine, host
+from .args import ScriptArgs
+from .rewrite import derive_seed, fix_seed
+
+log = logging.getLogger("dtg")
+
+TABS = ("txt2img", "img2img")
+# The host's boxes the preview reads, in the handler's order, with the value used when
+# one of them was never found (a reordered or foreign UI).
+HOST_INPUTS: tuple[tuple[str, Any], ...] = (
+    ("prompt", ""),
+    ("seed", -1),
+    ("width", 1024),
+    ("height", 1024),
+)
+EMPTY_HTML = (
+    '<div class="dtg-preview-empty">Preview: expands the prompt box with these settings.</div>'
+)
+
+
+def host_field(elem_id: Any) -> str | None:
+    """ "txt2img_seed" -> "seed" for the boxes the preview reads; None for any other id."""
+    if not isinstance(elem_id, str):
+        return None
+    tab, _, name = elem_id.partition("_")
+    if tab in TABS and name in dict(HOST_INPUTS):
+        return name
+    return None
+
+
+def run_preview(prompt: Any, image_seed: Any, width: Any, height: Any, *panel: Any) -> str:
+    """The click handler: HTML for the preview box. Never raises into gradio."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        return _message("The prompt box is empty: write a prompt, then preview it.")
+    args = ScriptArgs.from_args(panel)
+    config = host.config()
+    try:
+        settings = args.settings(backend=config.backend, device=config.device)
+    except SettingsError as exc:
+        return _message(f"Invalid settings: {exc}")
+    seed = fix_seed(image_seed)
+    try:
+        upsampler = engine.get_engine(config.model_dir, host.embedding_names())
+        (result,) = upsampler.upsample_many(
+            [prompt], settings, [derive_seed(seed, args.seed())], _size(width), _size(height)
+        )
+    except Exception as exc:  # a preview failure is shown in the box, never a gradio error
+        log.error("DTG: preview failed: %s: %s", type(exc).__name__, exc)
+        return _message(f"Preview failed: {type(exc).__name__}: {exc}")
+    return preview_html(result, seed)
+
+
+def preview_html(result: Any, image_seed: int) -> str:
+    """The coloured preview, the final prompt as text (what "Use in prompt" copies) and the seed."""
+    final = escape(result.final_prompt)
+    return (
+        f'<div class="dtg-preview-wrap">{_rendered(result)}'
+        f'<pre class="dtg-preview-final" style="white-space:pre-wrap;margin:6px 0">{final}</pre>'
+        f'<div class="dtg-preview-seed" style="font-size:.8em;opacity:.8">'
+        f"image seed {image_seed} (generate with it to get this expansion)</div></div>"
+    )
+
+
+def _rendered(result: Any) -> str:
+    try:
+        from dtg_lib.preview import render_preview_html
+    except ImportError:  # an older engine without the renderer: the text alone still helps
+        return (
+            f'<div class="dtg-summary">{result.rounds} rounds, {result.timings.total_s:.2f} s</div>'
+        )
+    return render_preview_html(result)
+
+
+def _message(text: str) -> str:
+    return f'<div class="dtg-preview-message">{escape(text)}</div>'
+
+
+def _size(value: Any) -> int:
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        return 1024
+    return size if size > 0 else 1024
+
+
+class PreviewWiring:
+    """Connects one tab's Preview button to that tab's prompt box, once both exist."""
+
+    def __init__(self) -> None:
+        self.host_components: dict[str, Any] = {}
+        self.controls: tuple[Any, Any, list[Any]] | None = None
+        self.wired = False
+
+    def saw_component(self, component: Any, elem_id: Any) -> None:
+        name = host_field(elem_id)
+        if name is not None and name not in self.host_components:
+            self.host_components[name] = component
+            self._wire()
+
+    def set_controls(self, button: Any, output: Any, panel: list[Any]) -> None:
+        self.controls = (button, output, list(panel))
+        self._wire()
+
+    def _wire(self) -> None:
+        if self.wired or self.controls is None or "prompt" not in self.host_components:
+            return
+        import gradio as gr
+
+        button, output, panel = self.controls
+        inputs = [
+            self.host_components.get(name) or gr.State(default) for name, default in HOST_INPUTS
+        ]
+        button.click(fn=run_preview, inputs=[*inputs, *panel], outputs=[output])
+        self.wired = True

@@ -1,0 +1,407 @@
+"""DanTagGen's installer; the webui runs it as a subprocess at every start-up (cwd = webui root).
+
+It installs only what is missing or too old, through the webui's own helpers
+(`launch.is_installed`, `launch.run_pip`), and never touches the packages the
+webui pins: every pip call carries a constraints file holding them at their
+installed versions. It imports nothing from dtg_lib (the extension's packages
+are not importable here, and their imports may need what is being installed).
+
+Nothing here may stop the webui from starting: each failure is one printed
+line, and when llama-cpp-python cannot be had a status file tells the panel to
+say so (the torch backend still works).
+
+The decisions are pure functions of their inputs so tests can run them without pip.
+Environment: DTG_LLAMA_CPP=auto (default) | cpu (CPU build only) | skip (leave it out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+EXTENSION_DIR = Path(__file__).resolve().parent
+STATUS_FILE = EXTENSION_DIR / "dtg_install_status.json"
+PREFIX = "[DanTagGen]"
+
+# The webui (A1111 or Forge) owns these versions; an extension that moves them breaks it.
+PROTECTED = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "gradio",
+    "gradio-client",
+    "numpy",
+    "huggingface-hub",
+    "protobuf",
+    "pydantic",
+    "fastapi",
+    "starlette",
+)
+
+LLAMA_INDEX = "https://abetlen.github.io/llama-cpp-python/whl/{tag}"
+# Prebuilt wheels on that index: CUDA 12.1-12.5, Metal, CPU, for CPython 3.10-3.12.
+CUDA_WHEELS = ((12, 1), (12, 2), (12, 3), (12, 4), (12, 5))
+WHEEL_PYTHONS = ((3, 10), (3, 11), (3, 12))
+WHEEL_ARCHES = ("x86_64", "amd64", "arm64", "aarch64")
+LLAMA_MODES = ("auto", "cpu", "skip")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    dist: str  # the name pip knows
+    module: str  # the name Python imports
+    minimum: str
+    no_deps: bool = False  # tipo-kgen: only its tag lists are wanted, not its torch requirement
+
+
+REQUIREMENTS = (
+    Requirement("platformdirs", "platformdirs", "3.0"),
+    Requirement("tipo-kgen", "kgen", "0.1.0", no_deps=True),
+)
+LLAMA = Requirement("llama-cpp-python", "llama_cpp", "0.2.80")
+
+
+# --- versions -----------------------------------------------------------------
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """Fallback parser: the leading numbers of a version, "0.3.1rc1+cu121" -> (0, 3, 1)."""
+    numbers = []
+    for part in text.split("+", 1)[0].split("."):
+        match = re.match(r"\d+", part)
+        if match is None:
+            break
+        numbers.append(int(match.group()))
+        if match.end() != len(part):
+            break
+    return tuple(numbers)
+
+
+def at_least(installed: str, minimum: str) -> bool:
+    """Proper version order (10 > 9), with packaging when it is there, else numeric tuples."""
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:
+        return version_tuple(installed) >= version_tuple(minimum)
+    try:
+        return Version(installed) >= Version(minimum)
+    except InvalidVersion:
+        return version_tuple(installed) >= version_tuple(minimum)
+
+
+def needs_install(installed: str | None, requirement: Requirement) -> bool:
+    return installed is None or not at_least(installed, requirement.minimum)
+
+
+# --- platform -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Machine:
+    system: str  # platform.system(): Linux, Windows, Darwin
+    arch: str  # platform.machine(), lower case
+    python: tuple[int, int]
+    torch_version: str | None = None  # "2.1.2+cu121"
+    cuda_runtime: str | None = None  # version of nvidia-cuda-runtime-cu12, pulled in by torch
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    kind: str  # cuda, rocm, metal, cpu
+    version: tuple[int, ...] = ()
+
+
+def detect_accelerator(machine: Machine) -> Accelerator:
+    """What torch was built for, read from its version tag: no import of torch needed."""
+    local = (machine.torch_version or "").partition("+")[2].lower()
+    cuda = re.fullmatch(r"cu(\d+)(\d)", local)
+    if cuda:
+        return Accelerator("cuda", (int(cuda.group(1)), int(cuda.group(2))))
+    if local.startswith("rocm"):
+        return Accelerator("rocm", version_tuple(local.removeprefix("rocm")))
+    if machine.system == "Darwin" and machine.arch in ("arm64", "aarch64"):
+        return Accelerator("metal")
+    if not local and machine.cuda_runtime and machine.system != "Darwin":
+        # torch from PyPI on Linux is a CUDA build without a "+cu" tag.
+        return Accelerator("cuda", version_tuple(machine.cuda_runtime)[:2])
+    return Accelerator("cpu")
+
+
+def gpu_wheel_tag(accelerator: Accelerator) -> str | None:
+    """The llama-cpp-python wheel index for this accelerator, or None when there is none."""
+    if accelerator.kind == "metal":
+        return "metal"
+    if accelerator.kind != "cuda" or len(accelerator.version) < 2:
+        return None
+    # A wheel built for an older CUDA 12 runs on a newer CUDA 12 runtime, not the reverse.
+    usable = [v for v in CUDA_WHEELS if v[0] == accelerator.version[0] and v <= accelerator.version]
+    if not usable:
+        return None
+    major, minor = max(usable)
+    return f"cu{major}{minor}"
+
+
+@dataclass(frozen=True)
+class PipStep:
+    description: str
+    args: str  # everything after "pip "
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def llama_steps(machine: Machine, mode: str = "auto") -> list[PipStep]:
+    """Ways to get llama-cpp-python, best first: GPU wheel, CPU wheel, source build (CPU)."""
+    if mode == "skip":
+        return []
+    spec = f'"{LLAMA.dist}>={LLAMA.minimum}"'
+    steps = []
+    if machine.python in WHEEL_PYTHONS and machine.arch in WHEEL_ARCHES:
+        tags = [] if mode == "cpu" else [gpu_wheel_tag(detect_accelerator(machine))]
+        for tag in [*[t for t in tags if t], "cpu"]:
+            index = LLAMA_INDEX.format(tag=tag)
+            steps.append(
+                PipStep(
+                    f"llama-cpp-python ({tag} wheel)",
+                    f"install {spec} --only-binary {LLAMA.dist} --extra-index-url {index}",
+                )
+            )
+    # No wheel for this Python or machine: compile (minutes), CPU only, since GPU
+    # builds need a toolkit most users lack and DTG is small enough for the CPU.
+    steps.append(
+        PipStep(
+            "llama-cpp-python (source build, CPU; this takes a few minutes)",
+            f"install {spec} --no-binary {LLAMA.dist}",
+            (("CMAKE_ARGS", "-DGGML_CUDA=off -DGGML_METAL=off"),),
+        )
+    )
+    return steps
+
+
+def requirement_step(requirement: Requirement) -> PipStep:
+    no_deps = " --no-deps" if requirement.no_deps else ""
+    return PipStep(
+        requirement.dist,
+        f'install "{requirement.dist}>={requirement.minimum}"{no_deps}',
+    )
+
+
+def constraints_text(installed: Mapping[str, str | None]) -> str:
+    """Pins for the webui's own packages, for pip's -c: installed ones stay exactly as they are."""
+    return "".join(f"{name}=={version}\n" for name, version in sorted(installed.items()) if version)
+
+
+def with_constraints(step: PipStep, constraints_path: str | None) -> PipStep:
+    if not constraints_path:
+        return step
+    args = f'{step.args} -c "{constraints_path}"'
+    return PipStep(step.description, args, step.env)
+
+
+# --- the webui's flags ----------------------------------------------------------
+
+
+def skip_requested(launch: Any, argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """--skip-install, as the webui parsed it, or as passed on (argv, COMMANDLINE_ARGS)."""
+    if getattr(getattr(launch, "args", None), "skip_install", False):
+        return True
+    try:
+        flags = [*argv, *shlex.split(environ.get("COMMANDLINE_ARGS", ""))]
+    except ValueError:  # unbalanced quotes: fall back to what argv says
+        flags = list(argv)
+    return "--skip-install" in flags
+
+
+def llama_mode(environ: Mapping[str, str]) -> str:
+    mode = environ.get("DTG_LLAMA_CPP", "auto").strip().lower() or "auto"
+    return mode if mode in LLAMA_MODES else "auto"
+
+
+# --- running ------------------------------------------------------------------
+
+
+def one_line(error: BaseException) -> str:
+    """The useful part of run_pip's multi-line error: its first and its last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
+@dataclass
+class Installer:
+    """Runs the steps through the webui's helpers; every failure becomes one message."""
+
+    run_pip: Callable[..., Any]
+    is_installed: Callable[[str], bool]
+    version_of: Callable[[str], str | None]
+    verify_llama: Callable[[], bool]
+    constraints_path: str | None = None
+    echo: Callable[[str], None] = print
+    last_error: str = ""
+
+    def ensure(self, requirement: Requirement) -> bool:
+        """True when the requirement is there afterwards."""
+        installed = self.version_of(requirement.dist)
+        if installed is None and self.is_installed(requirement.module):
+            return True  # present without metadata (a copied folder): keep it
+        if not needs_install(installed, requirement):
+            return True
+        return self.run(requirement_step(requirement))
+
+    def run(self, step: PipStep, *, quiet: bool = False) -> bool:
+        step = with_constraints(step, self.constraints_path)
+        saved = {key: os.environ.get(key) for key, _ in step.env}
+        os.environ.update(dict(step.env))
+        try:
+            self.run_pip(step.args, step.description)
+        except Exception as exc:  # run_pip raises RuntimeError; start-up must go on regardless
+            self.last_error = one_line(exc)
+            if not quiet:
+                self.echo(f"{PREFIX} could not install {step.description}: {self.last_error}")
+            return False
+        finally:
+            _restore(saved)
+        return True
+
+    def ensure_llama(self, steps: Iterable[PipStep]) -> str | None:
+        """None when llama-cpp-python is usable, else why not (for the status file)."""
+        installed = self.version_of(LLAMA.dist)
+        if installed is not None and not needs_install(installed, LLAMA):
+            return None  # keep what the user has, whichever build it is
+        tried = []
+        broken = False  # an earlier step installed a build that does not import
+        for step in steps:
+            if self.run(_force_reinstall(step) if broken else step, quiet=True):
+                if self.verify_llama():
+                    return None
+                broken = True
+            tried.append(step.description)
+        if not tried:
+            return "llama-cpp-python installation is turned off (DTG_LLAMA_CPP=skip)"
+        last = f"; last error: {self.last_error}" if self.last_error else ""
+        return f"could not install llama-cpp-python (tried: {'; '.join(tried)}{last})"
+
+
+def _force_reinstall(step: PipStep) -> PipStep:
+    # A build that installed but does not import (say, a CUDA wheel without CUDA
+    # libraries) is replaced by the next one; --no-deps keeps its dependencies as they are.
+    return PipStep(step.description, f"{step.args} --force-reinstall --no-deps", step.env)
+
+
+def _restore(saved: Mapping[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def status_for(llama_problem: str | None) -> dict[str, Any] | None:
+    """What the panel shows; None (no file) when everything is in place."""
+    if llama_problem is None:
+        return None
+    return {
+        "llama_cpp": False,
+        "message": (
+            f"{llama_problem}. DanTagGen uses the torch backend (Hugging Face models) instead; "
+            "to use GGUF models, install llama-cpp-python into the webui's Python yourself "
+            "and restart."
+        ),
+    }
+
+
+def write_status(status: dict[str, Any] | None, path: Path = STATUS_FILE) -> None:
+    if status is None:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text(json.dumps(status, indent=2), encoding="utf-8")
+
+
+# --- the real world -------------------------------------------------------------
+
+
+def installed_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def this_machine() -> Machine:
+    return Machine(
+        system=platform.system(),
+        arch=platform.machine().lower(),
+        python=sys.version_info[:2],
+        torch_version=installed_version("torch"),
+        cuda_runtime=installed_version("nvidia-cuda-runtime-cu12"),
+    )
+
+
+def llama_imports() -> bool:
+    """llama_cpp imports in a fresh interpreter, after torch as in the webui (its CUDA libs)."""
+    import subprocess
+
+    code = "import importlib.util as u\nif u.find_spec('torch'): import torch\nimport llama_cpp"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+    return result.returncode == 0
+
+
+def write_constraints() -> str | None:
+    text = constraints_text({name: installed_version(name) for name in PROTECTED})
+    if not text:
+        return None
+    with tempfile.NamedTemporaryFile(
+        "w", suffix="-dtg-constraints.txt", delete=False, encoding="utf-8"
+    ) as handle:
+        handle.write(text)
+    return handle.name
+
+
+def install(launch: Any, environ: Mapping[str, str], argv: Sequence[str]) -> None:
+    if skip_requested(launch, argv, environ):
+        return
+    constraints = write_constraints()
+    installer = Installer(
+        run_pip=launch.run_pip,
+        is_installed=launch.is_installed,
+        version_of=installed_version,
+        verify_llama=llama_imports,
+        constraints_path=constraints,
+    )
+    try:
+        for requirement in REQUIREMENTS:
+            installer.ensure(requirement)
+        problem = installer.ensure_llama(llama_steps(this_machine(), llama_mode(environ)))
+        write_status(status_for(problem))
+        if problem:
+            print(f"{PREFIX} {problem}; the torch backend will be used.")
+    finally:
+        if constraints:
+            Path(constraints).unlink(missing_ok=True)
+
+
+def main() -> None:
+    try:
+        import launch
+    except ImportError as exc:
+        print(f"{PREFIX} install.py must be run by the webui (cannot import launch: {exc})")
+        return
+    try:
+        install(launch, os.environ, sys.argv)
+    except Exception as exc:  # whatever happens, the webui must start
+        print(f"{PREFIX} installer failed, the extension may lack packages: {exc!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""install.py's decisions, run without pip: the webui's helpers are replaced by recorders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_install():
+    spec = importlib.util.spec_from_file_location("dtg_install_under_test", ROOT / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up by name while install.py runs.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+inst = _load_install()
+Machine = inst.Machine
+
+
+def linux(torch: str | None = None, python=(3, 10), cuda_runtime=None, arch="x86_64"):
+    return Machine("Linux", arch, python, torch, cuda_runtime)
+
+
+class Pip:
+    """Records run_pip calls; fails those whose arguments contain a marker."""
+
+    def __init__(self, fail_on: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, command: str, desc: str | None = None) -> str:
+        self.calls.append((command, desc))
+        if any(marker in command for marker in self.fail_on):
+            raise RuntimeError(f"Couldn't install {desc}.\nCommand: pip {command}\nError code: 1")
+        return ""
+
+
+def installer(pip: Pip, versions: dict[str, str] | None = None, verify=lambda: True, **kw):
+    messages: list[str] = []
+    chosen = versions or {}
+    made = inst.Installer(
+        run_pip=pip,
+        is_installed=lambda module: False,
+        version_of=chosen.get,
+        verify_llama=verify,
+        echo=messages.append,
+        **kw,
+    )
+    return made, messages
+
+
+# --- versions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("installed", "minimum", "expected"),
+    [
+        ("0.10.0", "0.9.0", True),  # a string comparison says False
+        ("0.2.9", "0.2.80", False),  # and True here
+        ("0.2.80", "0.2.80", True),
+        ("0.3.1+cu121", "0.3.1", True),
+        ("1.0.0rc1", "1.0.0", False),
+        ("3.10.0", "3.9", True),
+    ],
+)
+def test_versions_compare_as_numbers(installed, minimum, expected):
+    assert inst.at_least(installed, minimum) is expected
+
+
+def test_fallback_parser_without_packaging(monkeypatch):
+    monkeypatch.setitem(sys.modules, "packaging.version", None)  # import now fails
+    assert inst.at_least("0.10.0", "0.9.0")
+    assert not inst.at_least("0.2.9", "0.2.80")
+    assert inst.version_tuple("0.3.1rc1+cu121") == (0, 3, 1)
+    assert inst.version_tuple("weird") == ()
+
+
+def test_invalid_version_falls_back_to_numbers():
+    assert inst.at_least("2.1.0-custom build", "2.0")
+
+
+# --- platform -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("machine", "kind", "version"),
+    [
+        (linux("2.1.2+cu121"), "cuda", (12, 1)),
+        (linux("2.0.1+cu118"), "cuda", (11, 8)),
+        (linux("2.3.1+cu124"), "cuda", (12, 4)),
+        (linux("2.3.0+rocm5.7"), "rocm", (5, 7)),
+        (linux("2.3.1+cpu"), "cpu", ()),
+        (linux("2.3.1", cuda_runtime="12.1.105"), "cuda", (12, 1)),  # torch from PyPI
+        (linux(None), "cpu", ()),
+        (Machine("Darwin", "arm64", (3, 10), "2.3.1"), "metal", ()),
+        (Machine("Darwin", "x86_64", (3, 10), "2.0.1"), "cpu", ()),
+        (Machine("Windows", "amd64", (3, 10), "2.1.2+cu121"), "cuda", (12, 1)),
+    ],
+)
+def test_accelerator_from_torch_build(machine, kind, version):
+    assert inst.detect_accelerator(machine) == inst.Accelerator(kind, version)
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "tag"),
+    [
+        (inst.Accelerator("cuda", (12, 1)), "cu121"),
+        (inst.Accelerator("cuda", (12, 8)), "cu125"),  # newest wheel the runtime can load
+        (inst.Accelerator("cuda", (11, 8)), None),
+        (inst.Accelerator("cuda", (13, 0)), None),
+        (inst.Accelerator("rocm", (5, 7)), None),
+        (inst.Accelerator("metal"), "metal"),
+        (inst.Accelerator("cpu"), None),
+    ],
+)
+def test_gpu_wheel_index(accelerator, tag):
+    assert inst.gpu_wheel_tag(accelerator) == tag
+
+
+def _indexes(steps):
+    return [s.args.split("whl/")[1] if "whl/" in s.args else "source" for s in steps]
+
+
+def test_cuda_gets_its_wheel_then_cpu_wheel_then_source():
+    steps = inst.llama_steps(linux("2.1.2+cu121"))
+    assert _indexes(steps) == ["cu121", "cpu", "source"]
+    assert "--only-binary llama-cpp-python" in steps[0].args
+    assert "--no-binary llama-cpp-python" in steps[-1].args
+    assert dict(steps[-1].env)["CMAKE_ARGS"]
+
+
+def test_rocm_and_old_cuda_get_the_cpu_wheel():
+    assert _indexes(inst.llama_steps(linux("2.3.0+rocm5.7"))) == ["cpu", "source"]
+    assert _indexes(inst.llama_steps(linux("2.0.1+cu118"))) == ["cpu", "source"]
+
+
+def test_apple_silicon_gets_metal():
+    machine = Machine("Darwin", "arm64", (3, 11), "2.3.1")
+    assert _indexes(inst.llama_steps(machine)) == ["metal", "cpu", "source"]
+
+
+def test_python_without_wheels_builds_from_source():
+    assert _indexes(inst.llama_steps(linux("2.6.0+cu124", python=(3, 13)))) == ["source"]
+
+
+def test_modes_from_the_environment():
+    assert inst.llama_mode({}) == "auto"
+    assert inst.llama_mode({"DTG_LLAMA_CPP": " CPU "}) == "cpu"
+    assert inst.llama_mode({"DTG_LLAMA_CPP": "nonsense"}) == "auto"
+    assert _indexes(inst.llama_steps(linux("2.1.2+cu121"), "cpu")) == ["cpu", "source"]
+    assert inst.llama_steps(linux("2.1.2+cu121"), "skip") == []
+
+
+# --- the webui's flags ------------------------------------------------------------
+
+
+def test_skip_install_from_every_place_the_webui_puts_it():
+    parsed = types.SimpleNamespace(args=types.SimpleNamespace(skip_install=True))
+    plain = types.SimpleNamespace(args=types.SimpleNamespace(skip_install=False))
+    assert inst.skip_requested(parsed, [], {})
+    assert not inst.skip_requested(plain, ["install.py"], {})
+    assert inst.skip_requested(plain, ["install.py", "--skip-install"], {})
+    assert inst.skip_requested(None, [], {"COMMANDLINE_ARGS": "--api --skip-install"})
+    assert not inst.skip_requested(None, [], {"COMMANDLINE_ARGS": '--api "unbalanced'})
+
+
+def test_skip_install_runs_no_pip(monkeypatch):
+    pip = Pip()
+    launch = types.SimpleNamespace(
+        args=types.SimpleNamespace(skip_install=True), run_pip=pip, is_installed=lambda m: False
+    )
+    inst.install(launch, {}, ["install.py"])
+    assert pip.calls == []
+
+
+# --- installing -----------------------------------------------------------------
+
+
+def test_installs_only_what_is_missing_or_too_old():
+    pip = Pip()
+    made, messages = installer(pip, {"platformdirs": "2.6.0", "tipo-kgen": "0.3.1"})
+    for requirement in inst.REQUIREMENTS:
+        assert made.ensure(requirement)
+    assert [desc for _, desc in pip.calls] == ["platformdirs"]
+    assert messages == []
+
+
+def test_tipo_kgen_without_its_dependencies():
+    pip = Pip()
+    made, _ = installer(pip, {"platformdirs": "4.0"})
+    made.ensure(inst.REQUIREMENTS[1])
+    (command, _), *_ = pip.calls
+    assert "tipo-kgen" in command and "--no-deps" in command
+
+
+def test_module_present_without_metadata_is_kept():
+    pip = Pip()
+    made, _ = installer(pip)
+    made.is_installed = lambda module: True
+    assert made.ensure(inst.REQUIREMENTS[0])
+    assert pip.calls == []
+
+
+def test_every_pip_call_holds_the_webui_packages(tmp_path):
+    text = inst.constraints_text({"torch": "2.1.2+cu121", "numpy": "1.26.2", "gradio": None})
+    assert text == "numpy==1.26.2\ntorch==2.1.2+cu121\n"
+    pip = Pip()
+    made, _ = installer(pip, constraints_path=str(tmp_path / "c.txt"))
+    made.ensure(inst.REQUIREMENTS[0])
+    assert f'-c "{tmp_path / "c.txt"}"' in pip.calls[0][0]
+
+
+def test_never_installs_a_protected_package():
+    steps = [inst.requirement_step(r) for r in inst.REQUIREMENTS]
+    steps += inst.llama_steps(linux("2.1.2+cu121"))
+    for step in steps:
+        installs = step.args.split('"')[1].split(">=")[0]
+        assert installs not in inst.PROTECTED
+
+
+def test_pip_failure_is_one_message_and_no_exception():
+    pip = Pip(fail_on=("platformdirs",))
+    made, messages = installer(pip)
+    assert made.ensure(inst.REQUIREMENTS[0]) is False
+    assert len(messages) == 1
+    assert messages[0].startswith("[DanTagGen] could not install platformdirs")
+    assert "\n" not in messages[0]
+
+
+def test_existing_llama_is_kept_whatever_its_build():
+    pip = Pip()
+    made, _ = installer(pip, {"llama-cpp-python": "0.3.2"})
+    assert made.ensure_llama(inst.llama_steps(linux("2.1.2+cu121"))) is None
+    assert pip.calls == []
+
+
+def test_llama_falls_back_from_gpu_wheel_to_cpu_wheel():
+    pip = Pip(fail_on=("whl/cu121",))
+    made, messages = installer(pip)
+    assert made.ensure_llama(inst.llama_steps(linux("2.1.2+cu121"))) is None
+    assert _indexes([inst.PipStep("", c) for c, _ in pip.calls]) == ["cu121", "cpu"]
+    assert messages == [], "a fallback that worked is not worth a message"
+
+
+def test_build_that_does_not_import_is_replaced():
+    pip = Pip()
+    verdicts = iter([False, True])  # the CUDA wheel installs but does not import
+    made, _ = installer(pip, verify=lambda: next(verdicts))
+    assert made.ensure_llama(inst.llama_steps(linux("2.1.2+cu121"))) is None
+    first, second = (command for command, _ in pip.calls)
+    assert "--force-reinstall" not in first
+    assert "--force-reinstall --no-deps" in second and "whl/cpu" in second
+
+
+def test_llama_unavailable_writes_a_status_for_the_panel(tmp_path):
+    pip = Pip(fail_on=("llama",))
+    made, _ = installer(pip)
+    problem = made.ensure_llama(inst.llama_steps(linux("2.1.2+cu121")))
+    assert problem.startswith("could not install llama-cpp-python")
+    assert "cu121 wheel" in problem and "source build" in problem and "Error code: 1" in problem
+    path = tmp_path / "status.json"
+    inst.write_status(inst.status_for(problem), path)
+    data = json.loads(path.read_text())
+    assert data["llama_cpp"] is False and "torch backend" in data["message"]
+    inst.write_status(inst.status_for(None), path)
+    assert not path.exists(), "a later success removes the status"
+
+
+def test_skipped_llama_says_so():
+    made, _ = installer(Pip())
+    assert "DTG_LLAMA_CPP=skip" in made.ensure_llama([])
+
+
+def test_environment_of_a_step_is_restored(monkeypatch):
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    seen = []
+    made, _ = installer(Pip())
+    made.run_pip = lambda command, desc=None: seen.append(inst.os.environ.get("CMAKE_ARGS"))
+    made.run(inst.PipStep("x", "install x", (("CMAKE_ARGS", "-DX=on"),)))
+    assert seen == ["-DX=on"]
+    assert "CMAKE_ARGS" not in inst.os.environ
+
+
+def test_main_outside_the_webui_prints_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "launch", None)
+    inst.main()
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "must be run by the webui" in out[0]
+
+
+def test_main_survives_anything(monkeypatch, capsys):
+    launch = types.SimpleNamespace(args=types.SimpleNamespace(skip_install=False))
+    monkeypatch.setitem(sys.modules, "launch", launch)
+
+    def explode(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(inst, "install", explode)
+    inst.main()
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "disk full" in out[0]
+
+
+def test_whole_run_with_fake_launch(monkeypatch, tmp_path, capsys):
+    pip = Pip(fail_on=("llama",))
+    launch = types.SimpleNamespace(
+        args=types.SimpleNamespace(skip_install=False), run_pip=pip, is_installed=lambda m: False
+    )
+    versions = {"platformdirs": "4.2", "tipo-kgen": "0.3.1", "torch": "2.1.2+cu121"}
+    monkeypatch.setattr(inst, "installed_version", versions.get)
+    monkeypatch.setattr(inst, "STATUS_FILE", tmp_path / "status.json")
+    monkeypatch.setattr(inst, "write_status", lambda s: inst.STATUS_FILE.write_text(json.dumps(s)))
+    monkeypatch.setattr(inst, "this_machine", lambda: linux("2.1.2+cu121"))
+    inst.install(launch, {}, ["install.py"])
+    assert [desc.split(" ")[0] for _, desc in pip.calls] == ["llama-cpp-python"] * 3
+    assert all('-c "' in command for command, _ in pip.calls)
+    assert json.loads((tmp_path / "status.json").read_text())["llama_cpp"] is False
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "torch backend" in out[0]
