@@ -9,13 +9,23 @@ bans only "hat"; `*hat` also bans "witch hat"; `hat*` bans "hat ornament".
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
+
+# The `regex` package, unlike `re`, can give up on a match: a user pattern with
+# catastrophic backtracking (`/(a+)+b/`) must not hang the webui.
+import regex
 
 from .categories import canonical
 
+log = logging.getLogger("dtg")
+
 MAX_PATTERN_LENGTH = 500
+# Seconds one pattern may spend on one tag; real patterns need microseconds.
+MATCH_TIMEOUT_S = 0.05
 
 
 class BanListError(ValueError):
@@ -25,15 +35,26 @@ class BanListError(ValueError):
 @dataclass(frozen=True)
 class BanList:
     entries: tuple[str, ...]
-    _patterns: tuple[re.Pattern[str], ...]
+    _patterns: tuple[Any, ...]  # compiled `regex` patterns
 
     def bans(self, tag: str) -> bool:
         key = canonical(tag)
         forms = {key, key.replace(" ", "_")}
-        return any(p.fullmatch(form) for p in self._patterns for form in forms)
+        return any(_matches(p, form) for p in self._patterns for form in forms)
 
     def __bool__(self) -> bool:
         return bool(self._patterns)
+
+
+def _matches(pattern: Any, text: str) -> bool:
+    try:
+        return pattern.fullmatch(text, timeout=MATCH_TIMEOUT_S) is not None
+    except TimeoutError:
+        # Too slow to decide: the tag is kept rather than the job stalled.
+        log.warning(
+            "ban pattern /%s/ took too long on %r; the tag was not banned", pattern.pattern, text
+        )
+        return False
 
 
 def compile_ban_list(text: str) -> BanList:
@@ -74,15 +95,15 @@ def _regex_end(text: str, start: int) -> int:
     raise BanListError(f"ban list entry {text[start:]!r} starts a /regex/ but has no closing /")
 
 
-def _compile(entry: str) -> re.Pattern[str]:
+def _compile(entry: str) -> Any:
     if len(entry) > MAX_PATTERN_LENGTH:
         raise BanListError(f"ban list entry is longer than {MAX_PATTERN_LENGTH} characters")
     if len(entry) >= 2 and entry.startswith("/") and entry.endswith("/"):
         source = entry[1:-1]
         try:
-            return re.compile(source, re.IGNORECASE)
-        except re.error as exc:
+            return regex.compile(source, regex.IGNORECASE)
+        except regex.error as exc:
             raise BanListError(f"ban list entry {entry!r} is not a valid regex: {exc}") from exc
     key = canonical(entry)
     pieces = (re.escape(piece) for piece in key.split("*"))
-    return re.compile(".*".join(pieces), re.IGNORECASE)
+    return regex.compile(".*".join(pieces), regex.IGNORECASE)

@@ -684,6 +684,37 @@ def _add_gguf_vocab(writer: Any, vocab: _Vocab) -> None:
     writer.add_add_space_prefix(True)
 
 
+# llama.cpp file types for the quantizations DTG ships (llama_ftype values).
+QUANT_FTYPES = {"Q8_0": 7, "Q6_K": 18}
+
+
+def quantize_gguf(source: Path, out: Path, quant: str = "Q8_0") -> Path:
+    """Write `source` (an f32/f16 GGUF) quantized to `quant` with llama.cpp's own quantizer.
+
+    The real DTG files were made by this quantizer, so a test file made here
+    exercises the same kernels. gguf.quants cannot write Q6_K; llama.cpp can, but
+    falls back to Q8_0 for rows that are not a multiple of 256, which is every
+    matrix of the tiny model (width 128).
+    """
+    import ctypes
+
+    import llama_cpp
+
+    if quant not in QUANT_FTYPES:
+        raise ValueError(f"unknown quantization {quant!r}: use one of {', '.join(QUANT_FTYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_FTYPES[quant]
+    params.nthread = os.cpu_count() or 1
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    status = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(out).encode(), ctypes.byref(params)
+    )
+    if status != 0:
+        raise RuntimeError(f"llama.cpp failed to quantize {source} to {quant} (status {status})")
+    return out
+
+
 # ---------------------------------------------------------------------------- build
 
 

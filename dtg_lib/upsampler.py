@@ -8,27 +8,31 @@ backend, device).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .assemble import assemble
+from .backends.base import BackendUnavailable, ModelLoadError, PromptTooLong
 from .ban import compile_ban_list
 from .categories import Category, canonical
 from .dtg_format import (
     ClassifiedPrompt,
+    ClassifiedTag,
     build_model_input,
     classify_prompt,
     continuation_input,
     parse_model_output,
 )
+from .models import ModelError
 from .prompt_syntax import parse
-from .settings import UpsampleSettings
+from .settings import SettingsError, UpsampleSettings
 
 if TYPE_CHECKING:
     from .model_selection import ModelChoice
@@ -37,6 +41,25 @@ log = logging.getLogger("dtg")
 
 # Rounds in a row that add nothing new before the model is taken to be done.
 STALE_ROUNDS = 3
+# The context both backends give DTG when a backend does not say.
+DEFAULT_CONTEXT = 2048
+# Room the model input must leave for generation; fewer new tokens than this
+# would hardly add a tag.
+MIN_NEW_TOKENS = 48
+
+# Errors that already say what went wrong in the user's terms; passed on as they are.
+_CLEAR_ERRORS = (ModelError, BackendUnavailable, ModelLoadError, PromptTooLong, SettingsError)
+
+
+class UpsampleError(RuntimeError):
+    """One stage of an expansion failed unexpectedly; the message names stage and prompt."""
+
+
+class GenerationError(UpsampleError):
+    """The model failed while generating (out of memory, say).
+
+    The backend was dropped from the cache, so the next request loads it afresh.
+    """
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,7 @@ class Prepared:
     classified: ClassifiedPrompt
     model_input: str
     user_tag_count: int
+    quality_line: bool = True
 
 
 class Upsampler:
@@ -91,10 +115,15 @@ class Upsampler:
         backends: Any = None,
         embeddings: Collection[str] = (),
         allow_download: bool = True,
+        untrusted_names: bool = False,
     ) -> None:
+        """`untrusted_names`: model names come from a request (HTTP API, shared UI) and
+        may only be registry names or models inside `model_dir`; see `safe_model_name`.
+        """
         self.model_dir = model_dir
         self.embeddings = frozenset(embeddings)
         self.allow_download = allow_download
+        self.untrusted_names = untrusted_names
         self._lookup = lookup
         self._backends = backends
         self._lock = threading.Lock()
@@ -136,7 +165,7 @@ class Upsampler:
         )
         counted = {Category.SPECIAL, Category.GENERAL}
         user_tags = {t.name for t in classified.tags if t.category in counted}
-        return Prepared(classified, model_input, len(user_tags))
+        return Prepared(classified, model_input, len(user_tags), quality_line)
 
     def upsample(
         self,
@@ -159,30 +188,33 @@ class Upsampler:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed each")
         started = time.perf_counter()
-        backend, choice = self._backend_for(settings)
-        load_s = time.perf_counter() - started
-        results = []
-        for prompt, seed in zip(prompts, seeds):
-            result = self._expand(
-                prompt, settings, seed, width, height, backend, choice.takes_quality_line
-            )
-            results.append(_with_model(result, choice, backend, load_s if not results else 0.0))
+        choice = self._choose_model(settings)
+        with self.backends.lease(choice.backend, choice.path, settings.device) as backend:
+            load_s = time.perf_counter() - started
+            results = []
+            for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1):
+                with _stage("expansion", number, prompt):
+                    result = self._expand(
+                        prompt, settings, seed, width, height, backend, choice.takes_quality_line
+                    )
+                results.append(_with_model(result, choice, backend, load_s if not results else 0.0))
         return results
 
     def unload(self) -> None:
         self.backends.unload()
 
-    def _backend_for(self, settings: UpsampleSettings) -> tuple[Any, ModelChoice]:
+    def _choose_model(self, settings: UpsampleSettings) -> ModelChoice:
         from .model_selection import select_model
 
-        choice = select_model(
-            settings.model,
+        name = settings.model
+        if self.untrusted_names:
+            name = safe_model_name(name, self.model_dir)
+        return select_model(
+            name,
             settings.backend,
             model_dir=self.model_dir,
             allow_download=self.allow_download,
         )
-        backend = self.backends.get(choice.backend, choice.path, settings.device)
-        return backend, choice
 
     def _expand(
         self,
@@ -195,11 +227,21 @@ class Upsampler:
         quality_line: bool,
     ) -> Result:
         started = time.perf_counter()
-        prepared = self.prepare(prompt, settings, width, height, quality_line=quality_line)
+        with _stage("reading the prompt"):
+            prepared = self.prepare(prompt, settings, width, height, quality_line=quality_line)
         lookup_s = time.perf_counter() - started
+        with _stage("fitting the prompt into the model's context"):
+            prepared, notices = fit_to_context(prepared, backend, settings, width, height)
         loop = _Rounds(prepared, settings, seed)
-        loop.run(backend)
-        final = assemble(prepared.classified, loop.new_tags, settings.format)
+        try:
+            loop.run(backend)
+        except PromptTooLong:
+            raise
+        except Exception as exc:
+            self.backends.discard(backend)
+            raise GenerationError(_generation_message(backend, exc)) from exc
+        with _stage("writing the final prompt"):
+            final = assemble(prepared.classified, loop.new_tags, settings.format)
         total = time.perf_counter() - started
         return Result(
             prompt=prompt,
@@ -220,6 +262,7 @@ class Upsampler:
             backend="",
             device="",
             tag_categories={t.tag.name: t.category.value for t in prepared.classified.tags},
+            notices=(*notices, *loop.notices),
         )
 
 
@@ -238,12 +281,22 @@ class _Rounds:
         self.completion_tokens = 0
         self.prompt_eval_s = 0.0
         self.generation_s = 0.0
+        self.notices: list[str] = []
 
     def run(self, backend: Any) -> None:
         stale = 0
         needed = self.settings.target_tags - self.prepared.user_tag_count
         while self.rounds < self.settings.max_rounds and len(self.new_tags) < needed:
-            added = self._round(backend)
+            try:
+                added = self._round(backend)
+            except PromptTooLong:
+                if not self.rounds:
+                    raise
+                # The tags found so far, fed back, filled the context: keep what we have.
+                self.notices.append(
+                    f"stopped after {len(self.new_tags)} new tags: the model's context is full"
+                )
+                break
             stale = 0 if added else stale + 1
             if stale >= STALE_ROUNDS:
                 break
@@ -283,8 +336,112 @@ def _with_model(result: Result, choice: ModelChoice, backend: Any, load_s: float
         backend=backend.name,
         device=backend.device,
         timings=timings,
-        notices=(choice.notice,) if choice.notice else (),
+        notices=((choice.notice,) if choice.notice else ()) + result.notices,
     )
+
+
+@contextlib.contextmanager
+def _stage(what: str, number: int | None = None, prompt: str | None = None) -> Iterator[None]:
+    """Turn an unexpected failure into one UpsampleError that says where it happened."""
+    try:
+        yield
+    except _CLEAR_ERRORS:
+        raise
+    except UpsampleError as exc:
+        if number is None:
+            raise
+        # Same class (GenerationError stays one), now naming the prompt.
+        raise type(exc)(f"prompt {number} ({_preview(prompt)}): {exc}") from exc
+    except Exception as exc:
+        where = f"prompt {number} ({_preview(prompt)}): " if number is not None else ""
+        raise UpsampleError(f"{where}{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _preview(prompt: str | None, limit: int = 60) -> str:
+    text = repr(prompt or "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _generation_message(backend: Any, exc: BaseException) -> str:
+    kind = type(exc).__name__
+    memory = isinstance(exc, MemoryError) or "OutOfMemory" in kind or "out of memory" in str(exc)
+    reason = "ran out of memory" if memory else f"failed ({kind}: {exc})"
+    name = getattr(backend, "name", "the backend")
+    return (
+        f"the model ({name} on {getattr(backend, 'device', '?')}) {reason} while generating; "
+        "it was unloaded and the next request loads it again"
+        + (" (a smaller model, such as a GGUF on the CPU, needs less memory)" if memory else "")
+    )
+
+
+def fit_to_context(
+    prepared: Prepared, backend: Any, settings: UpsampleSettings, width: int, height: int
+) -> tuple[Prepared, list[str]]:
+    """Leave tags out of the model input (never the final prompt) until it fits the context.
+
+    General tags go first, from the end of the prompt, then the other fields'
+    tags, also from the end. Raises PromptTooLong only when even an empty input
+    would not fit.
+    """
+    context = int(getattr(backend, "context", 0) or DEFAULT_CONTEXT)
+    limit = context - min(settings.sampling.max_new_tokens, MIN_NEW_TOKENS)
+    used = backend.count_tokens(prepared.model_input)
+    if used <= limit:
+        return prepared, []
+    order = _drop_order(prepared.classified.tags)
+    low, high = 1, len(order)
+    best = None
+    while low <= high:  # the fewest tags left out that make it fit
+        mid = (low + high) // 2
+        text = _input_without(prepared, order[:mid], settings, width, height)
+        if backend.count_tokens(text) <= limit:
+            best, high = (mid, text), mid - 1
+        else:
+            low = mid + 1
+    if best is None:
+        raise PromptTooLong(f"the prompt does not fit the model's context of {context} tokens")
+    dropped, text = best
+    notice = (
+        f"the prompt is {used} tokens, more than the model's context ({context}) allows: "
+        f"{dropped} of its tags were left out of the model input; the final prompt keeps them all"
+    )
+    log.warning(notice)
+    return replace(prepared, model_input=text), [notice]
+
+
+def _drop_order(tags: Sequence[ClassifiedTag]) -> list[int]:
+    """Indices of tags in the order they are left out: general last-first, then the rest."""
+    general = [i for i, t in enumerate(tags) if t.category is Category.GENERAL]
+    other = [i for i, t in enumerate(tags) if t.category is not Category.GENERAL]
+    return general[::-1] + other[::-1]
+
+
+def _input_without(
+    prepared: Prepared, drop: Sequence[int], settings: UpsampleSettings, width: int, height: int
+) -> str:
+    gone = set(drop)
+    kept = tuple(t for i, t in enumerate(prepared.classified.tags) if i not in gone)
+    return build_model_input(
+        replace(prepared.classified, tags=kept),
+        width=width,
+        height=height,
+        target=settings.target,
+        quality_line=prepared.quality_line,
+    )
+
+
+def safe_model_name(name: str, model_dir: Path | None) -> str:
+    """A model name from an untrusted source, as a name `select_model` may load.
+
+    Registry names pass unchanged (they can only download the KBlueLeaf DTG
+    repos); anything else must be a file or folder inside the model folder and
+    comes back as its resolved absolute path. Raises ModelError otherwise.
+    """
+    from .models import default_model_dir, is_registry_name, safe_model_path
+
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    path = safe_model_path(name, root)
+    return name.strip() if is_registry_name(name) else str(path)
 
 
 _default: Upsampler | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fake_lookup import FakeLookup
 
+from dtg_lib.backends import BackendCache
 from dtg_lib.dtg_format import INPUT_END
 from dtg_lib.model_selection import ModelChoice
 from dtg_lib.settings import UpsampleSettings
@@ -47,11 +48,18 @@ class ScriptedBackend:
         fed = prompt.split(INPUT_END, 1)[1]
         return Generation((", " if fed else "") + ", ".join(picked))
 
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def close(self):
+        """Nothing to free."""
+
 
 def make(backend, monkeypatch):
-    upsampler = Upsampler(lookup=FakeLookup())
-    choice = ModelChoice("scripted", Path("scripted.gguf"), "scripted", True)
-    monkeypatch.setattr(upsampler, "_backend_for", lambda settings: (backend, choice))
+    cache = BackendCache(loader=lambda *args, **options: backend)
+    upsampler = Upsampler(lookup=FakeLookup(), backends=cache)
+    choice = ModelChoice("llama.cpp", Path("scripted.gguf"), "scripted", True)
+    monkeypatch.setattr(upsampler, "_choose_model", lambda settings: choice)
     return upsampler
 
 

@@ -6,12 +6,13 @@ first model.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .base import (
@@ -124,7 +125,10 @@ class BackendCache:
     """Keeps one backend loaded and swaps it when the kind, path or device changes.
 
     Holding more than one DTG model would only waste (V)RAM: a webui job uses one
-    model at a time. All methods are thread-safe.
+    model at a time. All methods are thread-safe. A backend handed out by
+    `lease` is closed only once its last user is done with it, so unloading or
+    switching models while other threads generate never pulls a model from
+    under them.
     """
 
     def __init__(self, loader: Loader | None = None) -> None:
@@ -132,6 +136,9 @@ class BackendCache:
         self._lock = threading.Lock()
         self._backend: Backend | None = None
         self._key: _CacheKey | None = None
+        # id(backend) -> threads using it, and backends to close when that reaches 0.
+        self._users: dict[int, int] = {}
+        self._retired: dict[int, Backend] = {}
 
     def get(
         self,
@@ -142,20 +149,39 @@ class BackendCache:
         n_threads: int | None = None,
         dtype: str | None = None,
     ) -> Backend:
-        key = (
-            canonical_kind(kind),
-            Path(model_path).expanduser().resolve(),
-            normalize_device(device),
-            n_threads,
-            dtype,
-        )
+        """The cached backend, loading it when needed (not leased: see `lease`)."""
+        key = _cache_key(kind, model_path, device, n_threads, dtype)
         with self._lock:
-            if self._backend is not None and self._key == key:
-                return self._backend
-            self._close_locked()
-            backend = self._loader(key[0], key[1], key[2], n_threads=n_threads, dtype=dtype)
-            self._backend, self._key = backend, key
-            return backend
+            return self._get_locked(key)
+
+    @contextlib.contextmanager
+    def lease(
+        self,
+        kind: str,
+        model_path: Path,
+        device: str = "cpu",
+        *,
+        n_threads: int | None = None,
+        dtype: str | None = None,
+    ) -> Iterator[Backend]:
+        """Like `get`, but the backend stays open until the `with` block ends."""
+        key = _cache_key(kind, model_path, device, n_threads, dtype)
+        with self._lock:
+            backend = self._get_locked(key)
+            self._users[id(backend)] = self._users.get(id(backend), 0) + 1
+        try:
+            yield backend
+        finally:
+            self._release(backend)
+
+    def discard(self, backend: Backend) -> None:
+        """Drop `backend` if it is still the cached one (after it failed, say).
+
+        The next request loads a fresh one; this one closes when its users are done.
+        """
+        with self._lock:
+            if self._backend is backend:
+                self._retire_locked()
 
     @property
     def current(self) -> Backend | None:
@@ -163,16 +189,52 @@ class BackendCache:
             return self._backend
 
     def unload(self) -> bool:
-        """Close the cached backend; True when there was one."""
+        """Close the cached backend (once nobody uses it); True when there was one."""
         with self._lock:
             had = self._backend is not None
-            self._close_locked()
+            self._retire_locked()
             return had
 
-    def _close_locked(self) -> None:
+    def _get_locked(self, key: _CacheKey) -> Backend:
+        if self._backend is not None and self._key == key:
+            return self._backend
+        self._retire_locked()
+        backend = self._loader(key[0], key[1], key[2], n_threads=key[3], dtype=key[4])
+        self._backend, self._key = backend, key
+        return backend
+
+    def _retire_locked(self) -> None:
         backend, self._backend, self._key = self._backend, None, None
-        if backend is not None:
+        if backend is None:
+            return
+        if self._users.get(id(backend)):
+            self._retired[id(backend)] = backend
+        else:
             backend.close()
+
+    def _release(self, backend: Backend) -> None:
+        with self._lock:
+            left = self._users[id(backend)] - 1
+            if left:
+                self._users[id(backend)] = left
+                return
+            del self._users[id(backend)]
+            retired = self._retired.pop(id(backend), None)
+        # Closing can take a while (freeing VRAM); other threads need not wait for it.
+        if retired is not None:
+            retired.close()
+
+
+def _cache_key(
+    kind: str, model_path: Path, device: str, n_threads: int | None, dtype: str | None
+) -> _CacheKey:
+    return (
+        canonical_kind(kind),
+        Path(model_path).expanduser().resolve(),
+        normalize_device(device),
+        n_threads,
+        dtype,
+    )
 
 
 default_cache = BackendCache()

@@ -29,6 +29,8 @@ class Generation:
     prompt_eval_s: float
     generation_s: float
     stopped_by_eos: bool
+    # Prompt tokens whose KV cache was kept from the previous call instead of evaluated.
+    reused_prompt_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:

@@ -6,6 +6,8 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from .base import (
     new_token_budget,
     normalize_device,
 )
+from .llama_params import extra_buffers_wanted, model_params
 
 log = logging.getLogger("dtg")
 
@@ -30,6 +33,54 @@ _HEADER = struct.Struct("<4sIQQ")
 _KNOWN_VERSIONS = (2, 3)
 # Far above any real model; a larger count means the header is garbage.
 _MAX_HEADER_COUNT = 1_000_000
+
+
+# Every round of one DTG expansion repeats the input up to and including this
+# token, then lists different tags; it is where a reusable prefix ends.
+SEGMENT_MARKER = "<|input_end|>"
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """The prompt whose KV cache entries the context holds, and its segment ends."""
+
+    tokens: tuple[int, ...]
+    ends: tuple[int, ...]
+
+
+def segment_ends(tokens: Sequence[int], marker: int | None) -> tuple[int, ...]:
+    """Where the prompt's evaluation batches end: before the first marker, and at the end.
+
+    Ending the shared batch before the marker leaves a last batch even when a
+    round repeats the bare input, so that input is reused too.
+
+    llama.cpp's float results depend on how tokens are batched. Evaluating every
+    prompt in batches fixed by its own content, and reusing cache entries only up
+    to a batch end shared with the previous prompt, makes a kept entry bit-equal
+    to a freshly computed one: a call gives the same output whatever came before.
+    """
+    count = len(tokens)
+    if marker is not None and marker in tokens:
+        cut = list(tokens).index(marker)
+        if cut > 0:
+            return (cut, count)
+    return (count,)
+
+
+def reusable_prefix(previous: _Evaluated | None, tokens: Sequence[int], ends: Sequence[int]) -> int:
+    """The longest batch end both prompts share, with equal tokens before it.
+
+    Never the whole prompt: its last batch is evaluated again so that the logits
+    to sample from are fresh.
+    """
+    if previous is None:
+        return 0
+    best = 0
+    for end in sorted(set(previous.ends) & set(ends)):
+        if end < len(tokens) and previous.tokens[:end] == tuple(tokens[:end]):
+            best = end
+    return best
 
 
 def import_llama_cpp() -> Any:
@@ -86,8 +137,18 @@ class LlamaCppBackend:
     """One loaded GGUF model; calls are serialised because a context is not thread-safe."""
 
     name = "llama.cpp"
+    # What the KV cache holds (see _prefill); class-level defaults, set per instance.
+    _evaluated: _Evaluated | None = None
+    _marker_id: Any = _UNSET
 
-    def __init__(self, model_path: Path, device: str = "cpu", *, n_threads: int | None = None):
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "cpu",
+        *,
+        n_threads: int | None = None,
+        extra_buffers: bool | None = None,
+    ):
         llama_cpp = import_llama_cpp()
         self.model_path = Path(model_path)
         check_gguf_file(self.model_path)
@@ -95,15 +156,18 @@ class LlamaCppBackend:
         # llama-cpp-python defaults to half the cores; DTG is small and benefits from all.
         threads = n_threads or os.cpu_count() or 1
         self._lock = threading.Lock()
+        # AMX/repack weight buffers segfault on some CPUs; see llama_params.
+        self.extra_buffers = extra_buffers_wanted(extra_buffers)
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(self.model_path),
-                n_ctx=N_CTX,
-                n_gpu_layers=layers,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
+            with model_params(llama_cpp, extra_buffers=self.extra_buffers):
+                self._llm = llama_cpp.Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=N_CTX,
+                    n_gpu_layers=layers,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(
                 f"llama.cpp could not load {self.model_path}: the file is truncated or corrupt, "
@@ -131,7 +195,9 @@ class LlamaCppBackend:
             llm = self._require_open()
             tokens = self._tokenize(llm, prompt)
             budget = new_token_budget(len(tokens), N_CTX, sampling.max_new_tokens)
-            new, stopped, clock = self._run(llm, tokens, sampling, seed, budget)
+            clock = Stopwatch()
+            reused = self._prefill(llm, tokens)
+            new, stopped = self._sample(llm, sampling, seed, budget, clock)
             return Generation(
                 text=self._detokenize(llm, new),
                 prompt_tokens=len(tokens),
@@ -139,28 +205,57 @@ class LlamaCppBackend:
                 prompt_eval_s=clock.prompt_eval_s,
                 generation_s=clock.generation_s,
                 stopped_by_eos=stopped,
+                reused_prompt_tokens=reused,
             )
 
-    def _run(
-        self, llm: Any, tokens: list[int], sampling: SamplingSettings, seed: int, budget: int
-    ) -> tuple[list[int], bool, Stopwatch]:
+    def _marker(self, llm: Any) -> int | None:
+        if self._marker_id is _UNSET:
+            ids = llm.tokenize(SEGMENT_MARKER.encode("utf-8"), add_bos=False, special=True)
+            self._marker_id = ids[0] if len(ids) == 1 else None
+        return self._marker_id
+
+    def _prefill(self, llm: Any, tokens: list[int]) -> int:
+        """Evaluate the prompt in canonical segments, keeping those the KV cache already holds.
+
+        Returns how many prompt tokens were reused rather than evaluated.
+        """
+        ends = segment_ends(tokens, self._marker(llm))
+        keep = reusable_prefix(self._evaluated, tokens, ends)
+        if keep > llm.n_tokens:  # the cache was cleared behind our back
+            keep = 0
+        # Until the evaluation below finishes, the cache holds nothing we can vouch for.
+        self._evaluated = None
+        if keep:
+            llm.n_tokens = keep  # eval() drops every cache entry from n_tokens on
+        else:
+            llm.reset()
+        start = 0
+        for end in ends:
+            if end > keep:
+                llm.eval(tokens[start:end])
+            start = end
+        self._evaluated = _Evaluated(tuple(tokens), ends)
+        return keep
+
+    def _sample(
+        self, llm: Any, sampling: SamplingSettings, seed: int, budget: int, clock: Stopwatch
+    ) -> tuple[list[int], bool]:
         # The sampler chain is seeded when generate() builds it, so each call with
-        # the same seed replays the same draws; reset() drops the previous KV cache
-        # so no prefix reuse can change the arithmetic between calls.
+        # the same seed replays the same draws. The prompt is already evaluated:
+        # reset=False with no tokens makes generate() sample from the current logits
+        # instead of applying its own prefix matching, which would re-batch the prompt.
         llm.set_seed(fold_seed(seed))
-        llm.reset()
         eos = llm.token_eos()
         new: list[int] = []
         stopped = False
-        clock = Stopwatch()
         stream = llm.generate(
-            tokens,
+            [],
             top_k=sampling.top_k,
             top_p=sampling.top_p,
             min_p=sampling.min_p,
             temp=sampling.temperature,
             repeat_penalty=sampling.repetition_penalty,
-            reset=True,
+            reset=False,
         )
         for token in stream:
             clock.mark_first_token()
@@ -172,7 +267,7 @@ class LlamaCppBackend:
                 break
         stream.close()
         clock.stop()
-        return new, stopped, clock
+        return new, stopped
 
     def _detokenize(self, llm: Any, tokens: list[int]) -> str:
         text = llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")

@@ -1,0 +1,1 @@
+"""Property-based fuzzing of prompt -> final prompt; see run_fuzz.py."""
