@@ -92,40 +92,6 @@ def random_model(seed: int) -> Any:
     return model.eval()
 
 
-def write_gguf(path: Path, state: dict[str, Any], config: Any, vocab: Any, kind: str) -> None:
-    """f16 or Q8_0 GGUF; 1-D tensors (norms) stay f32 as in llama.cpp's own converter."""
-    import gguf
-    import numpy as np
-
-    file_types = {"f16": gguf.LlamaFileType.MOSTLY_F16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_name("dtg-bench-random")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(vocab.size)
-    writer.add_file_type(file_types[kind])
-    tm._add_gguf_vocab(writer, vocab)
-    q8 = gguf.GGMLQuantizationType.Q8_0
-    for name, array in tm.gguf_tensors(state, config):
-        if array.ndim == 1:
-            writer.add_tensor(name, array.astype(np.float32))
-        elif kind == "f16":
-            writer.add_tensor(name, array.astype(np.float16))
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(array, q8), raw_dtype=q8)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def build(out: Path, seed: int) -> dict[str, Any]:
     import torch
 
@@ -142,7 +108,7 @@ def build(out: Path, seed: int) -> dict[str, Any]:
     files = {}
     for kind in ("f16", "Q8_0"):
         path = out / f"dtg-bench-{kind}.gguf"
-        write_gguf(path, state, model.config, vocab, kind)
+        tm.write_gguf(path, state, model.config, vocab, kind, name="dtg-bench-random")
         files[kind] = path
     files["Q6_K"] = out / "dtg-bench-Q6_K.gguf"
     tm.quantize_gguf(files["f16"], files["Q6_K"], "Q6_K")

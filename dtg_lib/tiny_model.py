@@ -642,12 +642,26 @@ def gguf_tensors(state: dict[str, Any], config: Any) -> Iterator[tuple[str, Any]
         yield f"blk.{layer}.{_GGUF_LAYER_NAMES[rest]}", array
 
 
-def write_gguf(path: Path, state: dict[str, Any], config: Any, vocab: _Vocab, f16: bool) -> None:
+def write_gguf(
+    path: Path,
+    state: dict[str, Any],
+    config: Any,
+    vocab: _Vocab,
+    kind: str,
+    *,
+    name: str = "tiny-dtg",
+) -> None:
+    """A llama GGUF of `kind` "f32", "f16" or "Q8_0" (the benchmarks write full-size ones)."""
     import gguf
     import numpy as np
 
+    file_types = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }
     writer = gguf.GGUFWriter(path, "llama")
-    writer.add_name("tiny-dtg")
+    writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -658,12 +672,17 @@ def write_gguf(path: Path, state: dict[str, Any], config: Any, vocab: _Vocab, f1
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(vocab.size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(file_types[kind])
     _add_gguf_vocab(writer, vocab)
-    for name, array in gguf_tensors(state, config):
-        # Norm vectors stay f32 in f16 files, as llama.cpp's own converter does.
-        keep_f32 = not f16 or array.ndim == 1
-        writer.add_tensor(name, array.astype(np.float32 if keep_f32 else np.float16))
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for tensor_name, array in gguf_tensors(state, config):
+        # Norm vectors stay f32 in f16 and Q8_0 files, as llama.cpp's own converter does.
+        if kind == "f32" or array.ndim == 1:
+            writer.add_tensor(tensor_name, array.astype(np.float32))
+        elif kind == "f16":
+            writer.add_tensor(tensor_name, array.astype(np.float16))
+        else:
+            writer.add_tensor(tensor_name, gguf.quants.quantize(array, q8), raw_dtype=q8)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -737,8 +756,8 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, steps: int = TRAIN_STEPS) 
     _save_hf(model, layout.hf_dir)
     with torch.no_grad():
         state = dict(model.state_dict())
-    write_gguf(layout.gguf_f32, state, model.config, vocab, f16=False)
-    write_gguf(layout.gguf_f16, state, model.config, vocab, f16=True)
+    write_gguf(layout.gguf_f32, state, model.config, vocab, "f32")
+    write_gguf(layout.gguf_f16, state, model.config, vocab, "f16")
     info = {
         "recipe": RECIPE_VERSION,
         "seed": seed,
