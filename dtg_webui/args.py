@@ -36,6 +36,9 @@ class ScriptArgs:
     min_p: float = 0.0
     format: str = "default"
     custom_format: str = ""
+    # Empty: the Settings page's choice (which --dtg-device overrides).
+    backend: str = ""
+    device: str = ""
 
     @classmethod
     def from_args(cls, args: tuple[Any, ...] | list[Any]) -> ScriptArgs:
@@ -55,8 +58,8 @@ class ScriptArgs:
                 "ban_tags": self.ban_tags or "",
                 "format": self.format_text(),
                 "model": self.model or DEFAULT_MODEL,
-                "backend": backend,
-                "device": device,
+                "backend": self.backend or backend,
+                "device": self.device or device,
                 "timing": self.timing,
                 "temperature": _number(self.temperature),
                 "top_p": _number(self.top_p),
@@ -91,6 +94,8 @@ class ScriptArgs:
             min_p=settings.sampling.min_p,
             format=settings.format if preset else CUSTOM_FORMAT,
             custom_format="" if preset else settings.format,
+            backend=settings.backend,
+            device=settings.device,
         )
 
 

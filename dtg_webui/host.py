@@ -104,6 +104,20 @@ def _model_dir(chosen: str | None) -> Path | None:
     return Path(models_path) / MODELS_SUBDIR if models_path else None
 
 
+def model_choices() -> list[str]:
+    """Registry names, then the models already in the model folder (by their names there)."""
+    from dtg_lib.models import ModelError, list_local_models
+    from dtg_lib.models import model_choices as registry_choices
+
+    names = registry_choices()
+    try:
+        local = list_local_models(config().model_dir)
+    except (ModelError, OSError) as exc:  # an unreadable folder must not break the UI
+        log.warning("DTG: cannot list the model folder: %s", exc)
+        local = []
+    return [*names, *(m.name for m in local if m.name not in names)]
+
+
 def embedding_names() -> frozenset[str]:
     """Loaded textual-inversion names, so dtg_lib keeps them as they are; empty if unknown."""
     try:

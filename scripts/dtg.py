@@ -12,6 +12,7 @@ API: `"alwayson_scripts": {"DanTagGen": {"args": [...]}}`, positional, in this o
   3 dtg_seed (int, -1: each image's own seed)  9 min_p (float, 0)
   4 timing ("after": per image; "before": once per job)   10 format (default|one line|append|custom)
   5 model (str, e.g. "delta-rev2")  11 custom_format (template, used when format is "custom")
+  12 backend ("": Settings; auto, llama.cpp, torch)  13 device ("": Settings; cpu, cuda, mps)
 
 Also: a Preview of the prompt box (dtg_webui.preview_ui, javascript/dtg.js), X/Y/Z plot
 axes (dtg_webui.xyz), HTTP routes under /dtg/v1 with --api (dtg_webui.routes).
@@ -31,7 +32,7 @@ if _EXTENSION_ROOT not in sys.path:
 
 from modules import script_callbacks, scripts  # noqa: E402
 
-from dtg_lib.settings import TARGETS, TIMINGS  # noqa: E402
+from dtg_lib.settings import BACKENDS, TARGETS, TIMINGS  # noqa: E402
 from dtg_webui import host, infotext, install_status, preview_ui, rewrite, routes, xyz  # noqa: E402
 from dtg_webui.args import ARG_NAMES, FORMAT_CHOICES, RANDOM_SEED, ScriptArgs  # noqa: E402
 
@@ -92,11 +93,21 @@ class DanTagGenScript(scripts.Script):
                 )
                 follow_seed = gr.Button("\U0001f3b2", **ids("seed-follow"))
                 model = gr.Dropdown(
-                    _model_choices(),
+                    host.model_choices(),
                     value=host.opt("dtg_default_model"),
                     label="Model",
                     allow_custom_value=True,
                     **ids("model"),
+                )
+                backend = gr.Dropdown(
+                    ["", *BACKENDS], value="", label="Backend (empty: Settings)", **ids("backend")
+                )
+                device = gr.Dropdown(
+                    ["", *host.DEVICES],
+                    value="",
+                    label="Device (empty: Settings)",
+                    allow_custom_value=True,
+                    **ids("device"),
                 )
             with gr.Row():
                 temperature = gr.Slider(
@@ -149,6 +160,8 @@ class DanTagGenScript(scripts.Script):
             min_p,
             output_format,
             custom_format,
+            backend,
+            device,
         ]
         self.infotext_fields = [
             (component, infotext.paste_getter(name))
@@ -176,12 +189,6 @@ class DanTagGenScript(scripts.Script):
 def _job_args(p, args: tuple) -> ScriptArgs:
     # X/Y/Z plot cells carry their own DTG values on `p`.
     return xyz.apply_overrides(p, ScriptArgs.from_args(args))
-
-
-def _model_choices() -> list[str]:
-    from dtg_lib.models import model_choices
-
-    return model_choices()
 
 
 # At module level, not per instance: the class is built once per tab, and the webui

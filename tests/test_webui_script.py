@@ -310,7 +310,9 @@ def test_paste_restores_settings_and_original_prompt(webui):
     pasted = webui.paste(processed.infotexts[3])
     assert pasted["Prompt"] == "1girl,\nsolo"
     restored = [getter(pasted) for getter in _paste_getters(webui)]
-    assert restored == chosen
+    # Backend and device come back as what the job used, not "" (the Settings default),
+    # so the paste reproduces the expansion on a machine with other Settings too.
+    assert restored == [*chosen[:-2], "auto", "cpu"]
 
 
 def test_paste_without_dtg_turns_the_panel_off(webui):
@@ -342,6 +344,25 @@ def test_settings_section_and_command_line_overrides(webui, tmp_path):
     assert webui.factory_calls[-1][0] == tmp_path
     settings = webui.engine.calls[-1]["settings"]
     assert (settings.device, settings.backend) == ("cuda", "torch")
+
+
+def test_panel_backend_and_device_win_over_settings(webui):
+    webui.shared.opts.dtg_backend = "llama.cpp"
+    webui.run(webui.txt2img(on(backend="torch", device="mps"), prompt="1girl", seed=1))
+    settings = webui.engine.calls[-1]["settings"]
+    assert (settings.backend, settings.device) == ("torch", "mps")
+
+
+def test_model_list_has_the_registry_and_the_model_folder(webui, tmp_path, tiny_model):
+    import shutil
+
+    from dtg_webui import host
+
+    shutil.copy(tiny_model.gguf_f16, tmp_path / "mine.gguf")
+    webui.shared.cmd_opts.dtg_model_dir = str(tmp_path)
+    choices = host.model_choices()
+    assert "delta-rev2" in choices and "delta-rev2:hf" in choices
+    assert choices[-1] == "mine.gguf"
 
 
 def test_model_dir_defaults_under_the_webui_models_folder(webui, tmp_path):
