@@ -17,6 +17,8 @@ from dtg_lib.settings import DEFAULT_MODEL, SettingsError, UpsampleSettings
 CUSTOM_FORMAT = "custom"
 FORMAT_CHOICES = (*FORMAT_PRESETS, CUSTOM_FORMAT)
 RANDOM_SEED = -1
+# The panel's Backend/Device choice that defers to the Settings page ("" from the API).
+FROM_SETTINGS = "from settings"
 SEED_RANGE = 2**32
 
 
@@ -58,8 +60,8 @@ class ScriptArgs:
                 "ban_tags": self.ban_tags or "",
                 "format": self.format_text(),
                 "model": self.model or DEFAULT_MODEL,
-                "backend": self.backend or backend,
-                "device": self.device or device,
+                "backend": _chosen(self.backend) or backend,
+                "device": _chosen(self.device) or device,
                 "timing": self.timing,
                 "temperature": _number(self.temperature),
                 "top_p": _number(self.top_p),
@@ -100,6 +102,10 @@ class ScriptArgs:
 
 
 ARG_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ScriptArgs))
+
+
+def _chosen(value: Any) -> Any:
+    return "" if value in (None, "", FROM_SETTINGS) else value
 
 
 def _number(value: Any) -> Any:

@@ -34,7 +34,13 @@ from modules import script_callbacks, scripts  # noqa: E402
 
 from dtg_lib.settings import BACKENDS, TARGETS, TIMINGS  # noqa: E402
 from dtg_webui import host, infotext, install_status, preview_ui, rewrite, routes, xyz  # noqa: E402
-from dtg_webui.args import ARG_NAMES, FORMAT_CHOICES, RANDOM_SEED, ScriptArgs  # noqa: E402
+from dtg_webui.args import (  # noqa: E402
+    ARG_NAMES,
+    FORMAT_CHOICES,
+    FROM_SETTINGS,
+    RANDOM_SEED,
+    ScriptArgs,
+)
 
 TITLE = "DanTagGen"
 DEFAULTS = ScriptArgs()
@@ -58,7 +64,7 @@ class DanTagGenScript(scripts.Script):
 
     def ui(self, is_img2img: bool) -> list:
         import gradio as gr
-        from modules.ui_components import InputAccordion
+        from modules.ui_components import InputAccordion, ToolButton
 
         tab = "img2img" if is_img2img else "txt2img"
 
@@ -88,10 +94,11 @@ class DanTagGenScript(scripts.Script):
                 dtg_seed = gr.Number(
                     value=RANDOM_SEED,
                     precision=0,
-                    label="DTG seed (-1: each image's seed)",
+                    label="DTG seed (-1: each image's seed; N: image seed + N)",
                     **ids("seed"),
                 )
-                follow_seed = gr.Button("\U0001f3b2", **ids("seed-follow"))
+                follow_seed = ToolButton("\U0001f3b2", **ids("seed-follow"))
+            with gr.Row():
                 model = gr.Dropdown(
                     host.model_choices(),
                     value=host.opt("dtg_default_model"),
@@ -100,12 +107,15 @@ class DanTagGenScript(scripts.Script):
                     **ids("model"),
                 )
                 backend = gr.Dropdown(
-                    ["", *BACKENDS], value="", label="Backend (empty: Settings)", **ids("backend")
+                    [FROM_SETTINGS, *BACKENDS],
+                    value=FROM_SETTINGS,
+                    label="Backend",
+                    **ids("backend"),
                 )
                 device = gr.Dropdown(
-                    ["", *host.DEVICES],
-                    value="",
-                    label="Device (empty: Settings)",
+                    [FROM_SETTINGS, *host.DEVICES],
+                    value=FROM_SETTINGS,
+                    label="Device",
                     allow_custom_value=True,
                     **ids("device"),
                 )

@@ -351,6 +351,9 @@ def test_panel_backend_and_device_win_over_settings(webui):
     webui.run(webui.txt2img(on(backend="torch", device="mps"), prompt="1girl", seed=1))
     settings = webui.engine.calls[-1]["settings"]
     assert (settings.backend, settings.device) == ("torch", "mps")
+    webui.run(webui.txt2img(on(backend="from settings", device=""), prompt="1girl", seed=1))
+    settings = webui.engine.calls[-1]["settings"]
+    assert (settings.backend, settings.device) == ("llama.cpp", "cpu")
 
 
 def test_model_list_has_the_registry_and_the_model_folder(webui, tmp_path, tiny_model):

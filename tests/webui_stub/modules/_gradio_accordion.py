@@ -24,3 +24,11 @@ class InputAccordion(gr.Checkbox):
 
     def __exit__(self, *exc: object) -> None:
         self.accordion.__exit__(*exc)
+
+
+class ToolButton(gr.Button):
+    """The webui's small one-emoji button (modules.ui_components.ToolButton)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        classes = kwargs.pop("elem_classes", [])
+        super().__init__(*args, elem_classes=["tool", *classes], **kwargs)

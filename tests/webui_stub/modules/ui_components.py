@@ -1,4 +1,4 @@
-"""`InputAccordion`: a checkbox that is also an accordion.
+"""`InputAccordion`: a checkbox that is also an accordion; `ToolButton`: a small emoji button.
 
 With gradio installed it is a real gradio Checkbox whose `with` block opens an
 Accordion, enough to build the script's UI; without gradio, a plain value holder.
@@ -10,7 +10,7 @@ import importlib.util
 from typing import Any
 
 if importlib.util.find_spec("gradio") is not None:
-    from modules._gradio_accordion import InputAccordion
+    from modules._gradio_accordion import InputAccordion, ToolButton
 else:
 
     class InputAccordion:  # type: ignore[no-redef]
@@ -22,4 +22,12 @@ else:
             return self
 
         def __exit__(self, *exc: object) -> None:
+            return None
+
+    class ToolButton:  # type: ignore[no-redef]
+        def __init__(self, value: str = "", **kwargs: Any) -> None:
+            self.value = value
+            self.kwargs = kwargs
+
+        def click(self, *args: Any, **kwargs: Any) -> None:
             return None
