@@ -11,10 +11,11 @@ It prints
    and bf16), and the GGUF rows when llama-cpp-python was built with CUDA
    (the PyPI source build is CPU-only unless CMAKE_ARGS="-DGGML_CUDA=on");
 2. raw transformers generate() of one batch of N DTG prompts, 128 new tokens
-   each: seconds per batch and tokens/s over the batch. Our `upsample_many`
-   runs a webui job's prompts one after another and does NOT batch them yet,
-   so the row "ours upsample_many (sequential)" is the figure to compare: the
-   gap is what a batched torch expansion would save.
+   each: seconds per batch and tokens/s over the batch;
+3. our `upsample_many` on N prompts, 1 round each: on torch it expands a job's
+   prompts together (one generate_batch call per round, each row with its own
+   seed), so "ours upsample_many (batched)" compares with the raw batch row of
+   the same N; "ours one by one" is the same prompts through `upsample`.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ def batch_table(model_dir: Path, dtype: str, batches: list[int]) -> None:
         print(f"{batch:>6}{seconds:>10.2f}{new / seconds:>10.1f}{peak:>10.0f}")
 
 
-def sequential_upsample(model_dir: Path, dtype: str, count: int) -> None:
+def batched_upsample(model_dir: Path, dtype: str, count: int) -> None:
+    import torch
+
     from dtg_lib.backends import BackendCache, load_backend
     from dtg_lib.settings import SamplingSettings, UpsampleSettings
     from dtg_lib.upsampler import Upsampler
@@ -109,13 +112,21 @@ def sequential_upsample(model_dir: Path, dtype: str, count: int) -> None:
         sampling=SamplingSettings(max_new_tokens=NEW_TOKENS),
     )
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
-    upsampler.upsample_many(prompts[:1], chosen, [0])  # load + warm-up
-    started = time.perf_counter()
-    results = upsampler.upsample_many(prompts, chosen, list(range(count)))
-    seconds = time.perf_counter() - started
-    new = sum(r.completion_tokens for r in results)
-    print(f"ours upsample_many (sequential), {count} prompts, 1 round each:")
-    print(f"  {seconds:.2f} s, {new / seconds:.1f} tok/s")
+    seeds = list(range(count))
+    upsampler.upsample_many(prompts[:2], chosen, seeds[:2])  # load + warm-up
+    runs = {
+        "upsample_many (batched)": lambda: upsampler.upsample_many(prompts, chosen, seeds),
+        "one by one": lambda: [upsampler.upsample(p, chosen, s) for p, s in zip(prompts, seeds)],
+    }
+    for label, run in runs.items():
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        results = run()
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        new = sum(r.completion_tokens for r in results)
+        print(f"ours {label}, {count} prompts, 1 round each:")
+        print(f"  {seconds:.2f} s, {new / seconds:.1f} tok/s")
     upsampler.unload()
 
 
@@ -133,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     backend_table(args.model_dir)
     batches = [int(b) for b in args.batches.split(",")]
     batch_table(args.model_dir, args.dtype, batches)
-    sequential_upsample(args.model_dir, args.dtype, max(batches))
+    for count in batches:
+        batched_upsample(args.model_dir, args.dtype, count)
     return 0
 
 

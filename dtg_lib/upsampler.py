@@ -191,14 +191,28 @@ class Upsampler:
         choice = self._choose_model(settings)
         with self.backends.lease(choice.backend, choice.path, settings.device) as backend:
             load_s = time.perf_counter() - started
-            results = []
-            for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1):
-                with _stage("expansion", number, prompt):
-                    result = self._expand(
-                        prompt, settings, seed, width, height, backend, choice.takes_quality_line
+            if hasattr(backend, "generate_batch") and len(prompts) > 1:
+                results = self._expand_together(
+                    prompts, settings, seeds, width, height, backend, choice.takes_quality_line
+                )
+            else:
+                results = [
+                    self._expand_numbered(
+                        number,
+                        prompt,
+                        settings,
+                        seed,
+                        width,
+                        height,
+                        backend,
+                        choice.takes_quality_line,
                     )
-                results.append(_with_model(result, choice, backend, load_s if not results else 0.0))
-        return results
+                    for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1)
+                ]
+        return [
+            _with_model(result, choice, backend, load_s if index == 0 else 0.0)
+            for index, result in enumerate(results)
+        ]
 
     def unload(self) -> None:
         self.backends.unload()
@@ -216,6 +230,10 @@ class Upsampler:
             allow_download=self.allow_download,
         )
 
+    def _expand_numbered(self, number: int, prompt: str, *args: Any) -> Result:
+        with _stage("expansion", number, prompt):
+            return self._expand(prompt, *args)
+
     def _expand(
         self,
         prompt: str,
@@ -227,12 +245,7 @@ class Upsampler:
         quality_line: bool,
     ) -> Result:
         started = time.perf_counter()
-        with _stage("reading the prompt"):
-            prepared = self.prepare(prompt, settings, width, height, quality_line=quality_line)
-        lookup_s = time.perf_counter() - started
-        with _stage("fitting the prompt into the model's context"):
-            prepared, notices = fit_to_context(prepared, backend, settings, width, height)
-        loop = _Rounds(prepared, settings, seed)
+        loop = self._begin(prompt, settings, seed, width, height, backend, quality_line)
         try:
             loop.run(backend)
         except PromptTooLong:
@@ -240,20 +253,83 @@ class Upsampler:
         except Exception as exc:
             self.backends.discard(backend)
             raise GenerationError(_generation_message(backend, exc)) from exc
+        return self._finish(prompt, loop, started)
+
+    def _expand_together(
+        self,
+        prompts: Sequence[str],
+        settings: UpsampleSettings,
+        seeds: Sequence[int],
+        width: int,
+        height: int,
+        backend: Any,
+        quality_line: bool,
+    ) -> list[Result]:
+        """All prompts' rounds in lockstep, one batched model call per round.
+
+        A result's total_s is its own preparation and assembly plus its share of
+        each batched call (the backend splits a call's time evenly between its rows),
+        so the totals add up to about the job's wall time.
+        """
+        loops, spent = [], []
+        for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1):
+            started = time.perf_counter()
+            with _stage("expansion", number, prompt):
+                loops.append(
+                    self._begin(prompt, settings, seed, width, height, backend, quality_line)
+                )
+            spent.append(time.perf_counter() - started)
+        try:
+            _run_together(loops, backend, settings)
+        except PromptTooLong:
+            raise
+        except Exception as exc:
+            self.backends.discard(backend)
+            message = _generation_message(backend, exc)
+            raise GenerationError(f"{len(loops)} prompts expanded together: {message}") from exc
+        results = []
+        for number, (prompt, loop, before) in enumerate(zip(prompts, loops, spent), 1):
+            with _stage("expansion", number, prompt):
+                model_s = loop.prompt_eval_s + loop.generation_s
+                results.append(self._finish(prompt, loop, time.perf_counter(), before + model_s))
+        return results
+
+    def _begin(
+        self,
+        prompt: str,
+        settings: UpsampleSettings,
+        seed: int,
+        width: int,
+        height: int,
+        backend: Any,
+        quality_line: bool,
+    ) -> _Rounds:
+        """Everything before the model runs: read, classify and fit the prompt."""
+        started = time.perf_counter()
+        with _stage("reading the prompt"):
+            prepared = self.prepare(prompt, settings, width, height, quality_line=quality_line)
+        lookup_s = time.perf_counter() - started
+        with _stage("fitting the prompt into the model's context"):
+            prepared, notices = fit_to_context(prepared, backend, settings, width, height)
+        return _Rounds(prepared, settings, seed, lookup_s=lookup_s, notices=notices)
+
+    def _finish(self, prompt: str, loop: _Rounds, started: float, earlier_s: float = 0.0) -> Result:
+        """The Result; total_s is the time since `started` plus `earlier_s`."""
+        prepared = loop.prepared
         with _stage("writing the final prompt"):
-            final = assemble(prepared.classified, loop.new_tags, settings.format)
-        total = time.perf_counter() - started
+            final = assemble(prepared.classified, loop.new_tags, loop.settings.format)
+        total = time.perf_counter() - started + earlier_s
         return Result(
             prompt=prompt,
             final_prompt=final,
             new_tags=tuple(loop.new_tags),
             model_input=prepared.model_input,
-            seed=seed,
+            seed=loop.seed,
             rounds=loop.rounds,
             prompt_tokens=loop.prompt_tokens,
             completion_tokens=loop.completion_tokens,
             timings=Timings(
-                lookup_s=lookup_s,
+                lookup_s=loop.lookup_s,
                 prompt_eval_s=loop.prompt_eval_s,
                 generation_s=loop.generation_s,
                 total_s=total,
@@ -262,59 +338,86 @@ class Upsampler:
             backend="",
             device="",
             tag_categories={t.tag.name: t.category.value for t in prepared.classified.tags},
-            notices=(*notices, *loop.notices),
+            notices=tuple(loop.notices),
         )
 
 
 class _Rounds:
-    """One expansion: generate, keep what is new and allowed, continue until long enough."""
+    """One expansion: generate, keep what is new and allowed, continue until long enough.
 
-    def __init__(self, prepared: Prepared, settings: UpsampleSettings, seed: int) -> None:
+    `run` drives it alone; `_run_together` drives several through `next_input`
+    and `take`, one round each per batched model call. The rules are the same.
+    """
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        settings: UpsampleSettings,
+        seed: int,
+        *,
+        lookup_s: float = 0.0,
+        notices: Sequence[str] = (),
+    ) -> None:
         self.prepared = prepared
         self.settings = settings
         self.seed = seed
+        self.lookup_s = lookup_s
         self.bans = compile_ban_list(settings.ban_tags)
         self.user_names = prepared.classified.known_names()
+        self.needed = settings.target_tags - prepared.user_tag_count
         self.new_tags: list[str] = []
         self.rounds = 0
+        self.stale = 0
+        self.finished = False
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.prompt_eval_s = 0.0
         self.generation_s = 0.0
-        self.notices: list[str] = []
+        self.notices: list[str] = list(notices)
 
     def run(self, backend: Any) -> None:
-        stale = 0
-        needed = self.settings.target_tags - self.prepared.user_tag_count
-        while self.rounds < self.settings.max_rounds and len(self.new_tags) < needed:
+        while (step := self.next_input()) is not None:
+            text, seed = step
             try:
-                added = self._round(backend)
-            except PromptTooLong:
-                if not self.rounds:
-                    raise
-                # The tags found so far, fed back, filled the context: keep what we have.
-                self.notices.append(
-                    f"stopped after {len(self.new_tags)} new tags: the model's context is full"
-                )
-                break
-            stale = 0 if added else stale + 1
-            if stale >= STALE_ROUNDS:
-                break
+                generation = backend.generate(text, self.settings.sampling, seed)
+            except PromptTooLong as exc:
+                self.context_full(exc)
+                continue
+            self.take(text, generation)
 
-    def _round(self, backend: Any) -> int:
+    def next_input(self) -> tuple[str, int] | None:
+        """The next round's model input and seed, or None once the expansion is done."""
+        if self.rounds >= self.settings.max_rounds or len(self.new_tags) >= self.needed:
+            self.finished = True
+        if self.finished:
+            return None
         round_seed = self.seed + self.rounds
         fed = list(self.new_tags)
         random.Random(round_seed).shuffle(fed)
-        text = continuation_input(self.prepared.model_input, fed)
-        generation = backend.generate(text, self.settings.sampling, round_seed)
+        return continuation_input(self.prepared.model_input, fed), round_seed
+
+    def take(self, text: str, generation: Any) -> None:
+        """Count one round's generation for `text` and keep its new tags."""
         self.rounds += 1
         self.prompt_tokens += generation.prompt_tokens
         self.completion_tokens += generation.completion_tokens
         self.prompt_eval_s += generation.prompt_eval_s
         self.generation_s += generation.generation_s
         # The model may extend the last tag it was fed, so read the fed tags back too.
-        found = parse_model_output(text + generation.text)
-        return self._keep(found)
+        added = self._keep(parse_model_output(text + generation.text))
+        self.stale = 0 if added else self.stale + 1
+        if self.stale >= STALE_ROUNDS:
+            self.finished = True
+
+    def context_full(self, exc: PromptTooLong) -> None:
+        """The round's input did not fit: fatal in round one, else keep what we have."""
+        if not self.rounds:
+            raise exc
+        # The tags found so far, fed back, filled the context.
+        self.notices.append(
+            f"stopped after {len(self.new_tags)} new tags: the model's context is full"
+        )
+        self.finished = True
 
     def _keep(self, found: list[str]) -> int:
         seen = set(self.new_tags) | self.user_names
@@ -326,6 +429,37 @@ class _Rounds:
             seen.add(key)
             self.new_tags.append(key)
         return len(self.new_tags) - before
+
+
+def _run_together(loops: Sequence[_Rounds], backend: Any, settings: UpsampleSettings) -> None:
+    """Advance every unfinished expansion by one round per `generate_batch` call."""
+    while steps := [(loop, step) for loop in loops if (step := loop.next_input()) is not None]:
+        texts = [text for _, (text, _) in steps]
+        seeds = [seed for _, (_, seed) in steps]
+        outcomes = _generate_step(backend, texts, settings.sampling, seeds)
+        for (loop, _), text, outcome in zip(steps, texts, outcomes):
+            if isinstance(outcome, PromptTooLong):
+                loop.context_full(outcome)
+            else:
+                loop.take(text, outcome)
+
+
+def _generate_step(backend: Any, texts: list[str], sampling: Any, seeds: list[int]) -> list[Any]:
+    """One Generation per text, or the PromptTooLong of a text that filled the context."""
+    try:
+        return list(backend.generate_batch(texts, sampling, seeds))
+    except PromptTooLong:
+        # Some row no longer fits: ask row by row so that only that row stops.
+        return [
+            _generate_or_full(backend, text, sampling, seed) for text, seed in zip(texts, seeds)
+        ]
+
+
+def _generate_or_full(backend: Any, text: str, sampling: Any, seed: int) -> Any:
+    try:
+        return backend.generate(text, sampling, seed)
+    except PromptTooLong as exc:
+        return exc
 
 
 def _with_model(result: Result, choice: ModelChoice, backend: Any, load_s: float) -> Result:

@@ -21,6 +21,7 @@ from dtg_lib.backends import (
     load_backend,
 )
 from dtg_lib.backends.base import Backend, fold_seed, normalize_device
+from dtg_lib.backends.torch_sampling import filter_scores
 from dtg_lib.settings import SamplingSettings
 from dtg_lib.tiny_model import GENERAL_TAGS
 
@@ -208,22 +209,27 @@ def test_torch_generation_leaves_the_global_rng_alone(torch_backend):
 
 @pytest.mark.torch
 @pytest.mark.slow
-def test_min_p_fallback_for_old_transformers(torch_backend, monkeypatch):
+def test_torch_sampler_filters_like_transformers(torch_backend):
+    """Our per-row filters give the scores transformers' own processors give."""
     import torch
+    import transformers.generation.logits_process as hf
 
-    from dtg_lib.backends import torch_backend as module
-
-    sampling = SamplingSettings(temperature=1.0, min_p=0.2)
-    native = torch_backend.generate(PROMPT, sampling, 11)
-    monkeypatch.setattr(module, "native_min_p", lambda transformers: False)
-    kwargs = torch_backend._sampling_kwargs(sampling, 10, 2)
-    assert "min_p" not in kwargs and len(kwargs["logits_processor"]) == 1
-    fallback = torch_backend.generate(PROMPT, sampling, 11)
-    assert fallback.completion_tokens >= 1 and native.completion_tokens >= 1
-
-    processor = module.make_min_p_processor(torch_backend._transformers, 0.5)
-    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = torch.isfinite(processor(None, scores))
+    sampling = SamplingSettings(temperature=0.7, top_k=5, top_p=0.8, repetition_penalty=1.3)
+    scores = torch.randn(1, 50, generator=torch.Generator().manual_seed(3))
+    history = torch.tensor([[1, 4, 9, 4]])
+    expected = scores
+    for processor in (
+        hf.RepetitionPenaltyLogitsProcessor(1.3),
+        hf.TemperatureLogitsWarper(0.7),
+        hf.TopKLogitsWarper(5),
+        hf.TopPLogitsWarper(0.8),
+    ):
+        expected = processor(history, expected)
+    assert torch.equal(filter_scores(torch, scores, history, sampling), expected)
+    # min-p keeps tokens at least min_p times as likely as the likeliest
+    min_p = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.5)
+    probs = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_scores(torch, probs, history[:, :0], min_p))
     assert kept.tolist() == [[True, True, False, False]]
 
 

@@ -51,6 +51,15 @@ class PromptTooLong(ValueError):
 
 @runtime_checkable
 class Backend(Protocol):
+    """A loaded model.
+
+    A backend may also offer `generate_batch(prompts, sampling, seeds) ->
+    list[Generation]`: one continuation per prompt, each exactly as `generate`
+    would give it with that seed, computed together. `upsample_many` then
+    advances a job's expansions in lockstep; without it (llama.cpp) it expands
+    them one after another, which keeps llama.cpp's prefix reuse between rounds.
+    """
+
     name: str
     device: str
     model_path: Path

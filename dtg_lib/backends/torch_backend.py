@@ -6,7 +6,7 @@ import contextlib
 import gc
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ from .base import (
     Generation,
     ModelLoadError,
     Stopwatch,
-    fold_seed,
     new_token_budget,
     normalize_device,
 )
+from .torch_sampling import BatchDecoder, Row
 
 log = logging.getLogger("dtg")
 
@@ -115,53 +115,6 @@ def _dtype_keyword(transformers: Any) -> str:
     return "dtype" if major.isdigit() and int(major) >= 5 else "torch_dtype"
 
 
-def native_min_p(transformers: Any) -> bool:
-    return hasattr(transformers.GenerationConfig(), "min_p")
-
-
-def make_min_p_processor(transformers: Any, min_p: float) -> Any:
-    """min-p filtering for transformers versions that lack it (added in 4.39)."""
-    import torch
-
-    class MinPFilter(transformers.LogitsProcessor):
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            probs = torch.softmax(scores.float(), dim=-1)
-            floor = probs.max(dim=-1, keepdim=True).values * min_p
-            return scores.masked_fill(probs < floor, float("-inf"))
-
-    return MinPFilter()
-
-
-def make_clock_streamer(transformers: Any, clock: Stopwatch) -> Any:
-    """A streamer that only notes when the first new token arrives."""
-    base = getattr(transformers, "generation", transformers)
-    streamer_base = getattr(base, "BaseStreamer", object)
-
-    class ClockStreamer(streamer_base):
-        def __init__(self) -> None:
-            self.calls = 0
-
-        def put(self, value: Any) -> None:
-            # generate() first hands over the prompt, then one token per step.
-            self.calls += 1
-            if self.calls == 2:
-                clock.mark_first_token()
-
-        def end(self) -> None:
-            """Nothing to flush: the caller stops the clock once generate() returns."""
-
-    return ClockStreamer()
-
-
-@contextlib.contextmanager
-def seeded(torch: Any, device: str, seed: int) -> Iterator[None]:
-    """Seed this call's sampling and restore the global RNG state afterwards."""
-    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(fold_seed(seed))
-        yield
-
-
 class TorchBackend:
     """One loaded Hugging Face model; calls are serialised with a lock."""
 
@@ -222,59 +175,51 @@ class TorchBackend:
             tokenizer, _ = self._require_open()
             return len(tokenizer(text)["input_ids"])
 
-    def _sampling_kwargs(self, sampling: SamplingSettings, budget: int, eos: int) -> dict:
-        kwargs: dict[str, Any] = {
-            "do_sample": True,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "top_k": sampling.top_k,
-            "repetition_penalty": sampling.repetition_penalty,
-            "max_new_tokens": budget,
-            "eos_token_id": eos,
-            "pad_token_id": eos,
-        }
-        if sampling.min_p > 0:
-            if native_min_p(self._transformers):
-                kwargs["min_p"] = sampling.min_p
-            else:
-                processors = self._transformers.LogitsProcessorList
-                kwargs["logits_processor"] = processors(
-                    [make_min_p_processor(self._transformers, sampling.min_p)]
-                )
-        return kwargs
-
     def generate(self, prompt: str, sampling: SamplingSettings, seed: int) -> Generation:
-        torch = self._torch
+        # A batch of one: the same sampler as a batch, so a prompt's result does not
+        # depend on whether it was expanded alone or with others.
+        return self.generate_batch([prompt], sampling, [seed])[0]
+
+    def generate_batch(
+        self, prompts: Sequence[str], sampling: SamplingSettings, seeds: Sequence[int]
+    ) -> list[Generation]:
+        """One continuation per prompt, each sampled with its own seed, in one batch.
+
+        Each Generation reports the batch's prompt and decode time divided by the
+        number of prompts: its fair share, so that the shares add up to the wall time.
+        """
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if not prompts:
+            return []
         with self._lock:
             tokenizer, model = self._require_open()
-            encoded = tokenizer(prompt, return_tensors="pt")
-            input_ids = encoded["input_ids"].to(self.device)
-            prompt_tokens = int(input_ids.shape[1])
-            budget = new_token_budget(prompt_tokens, self.context, sampling.max_new_tokens)
-            eos = tokenizer.eos_token_id
+            encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+            budgets = [
+                new_token_budget(len(ids), self.context, sampling.max_new_tokens) for ids in encoded
+            ]
+            decoder = BatchDecoder(self._torch, model, self.device, tokenizer.eos_token_id)
+            rows = decoder.rows(encoded, budgets, seeds)
             clock = Stopwatch()
-            with seeded(torch, self.device, seed), torch.no_grad():
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=encoded["attention_mask"].to(self.device),
-                    streamer=make_clock_streamer(self._transformers, clock),
-                    **self._sampling_kwargs(sampling, budget, eos),
-                )
+            with self._torch.no_grad():
+                decoder.run(rows, sampling, clock)
             clock.stop()
-            new = output[0, prompt_tokens:].tolist()
-            stopped = bool(new) and new[-1] == eos
-            kept = new[:-1] if stopped else new
-            text = tokenizer.decode(
-                kept, skip_special_tokens=False, clean_up_tokenization_spaces=False
-            )
-            return Generation(
-                text=text,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=len(new),
-                prompt_eval_s=clock.prompt_eval_s,
-                generation_s=clock.generation_s,
-                stopped_by_eos=stopped,
-            )
+            share = 1 / len(rows)
+            return [self._generation(tokenizer, row, clock, share) for row in rows]
+
+    @staticmethod
+    def _generation(tokenizer: Any, row: Row, clock: Stopwatch, share: float) -> Generation:
+        stopped = bool(row.new) and row.new[-1] == tokenizer.eos_token_id
+        kept = row.new[:-1] if stopped else row.new
+        text = tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return Generation(
+            text=text,
+            prompt_tokens=len(row.prompt),
+            completion_tokens=len(row.new),
+            prompt_eval_s=clock.prompt_eval_s * share,
+            generation_s=clock.generation_s * share,
+            stopped_by_eos=stopped,
+        )
 
     def close(self) -> None:
         with self._lock:
