@@ -122,6 +122,9 @@ def ours(kind: str, path: Path, device: str, dtype: str | None, runs: int) -> di
     backend.generate(prompt, sampling().__class__(max_new_tokens=8), 0)  # warm-up
     samples = []
     for seed in range(runs):
+        # Another prompt first, so the llama.cpp backend's prefix reuse cannot skip the
+        # prompt evaluation this row measures (the raw rows reset their cache too).
+        backend.generate("rating: safe", sampling().__class__(max_new_tokens=1), 0)
         out = backend.generate(prompt, sampling(), seed + 1)
         samples.append(
             (out.prompt_eval_s, out.generation_s, out.prompt_tokens, out.completion_tokens)
