@@ -246,14 +246,24 @@ class Upsampler:
     ) -> Result:
         started = time.perf_counter()
         loop = self._begin(prompt, settings, seed, width, height, backend, quality_line)
-        try:
+        with self._model_failures(backend):
             loop.run(backend)
+        return self._finish(prompt, loop, started)
+
+    @contextlib.contextmanager
+    def _model_failures(self, backend: Any, what: str = "") -> Iterator[None]:
+        """A failure inside the model becomes a GenerationError, and the model is dropped.
+
+        Dropping it means the next job loads a fresh one (after an out-of-memory error,
+        say) instead of reusing one in an unknown state.
+        """
+        try:
+            yield
         except PromptTooLong:
             raise
         except Exception as exc:
             self.backends.discard(backend)
-            raise GenerationError(_generation_message(backend, exc)) from exc
-        return self._finish(prompt, loop, started)
+            raise GenerationError(f"{what}{_generation_message(backend, exc)}") from exc
 
     def _expand_together(
         self,
@@ -279,14 +289,8 @@ class Upsampler:
                     self._begin(prompt, settings, seed, width, height, backend, quality_line)
                 )
             spent.append(time.perf_counter() - started)
-        try:
+        with self._model_failures(backend, f"{len(loops)} prompts expanded together: "):
             _run_together(loops, backend, settings)
-        except PromptTooLong:
-            raise
-        except Exception as exc:
-            self.backends.discard(backend)
-            message = _generation_message(backend, exc)
-            raise GenerationError(f"{len(loops)} prompts expanded together: {message}") from exc
         results = []
         for number, (prompt, loop, before) in enumerate(zip(prompts, loops, spent), 1):
             with _stage("expansion", number, prompt):
