@@ -22,6 +22,7 @@ log = logging.getLogger("dtg")
 PARAMS_KEY = "DTG Parameters"
 ORIGINAL_KEY = "DTG original prompt"
 ERROR_KEY = "DTG error"
+NOTICE_KEY = "DTG notice"
 PROMPT_KEY = "Prompt"
 SEED_FIELD = "dtg_seed"
 # Every DTG value a paste can restore, one infotext key per positional argument.

@@ -16,7 +16,14 @@ from dtg_lib.settings import TIMINGS, SettingsError, UpsampleSettings
 
 from . import engine, host
 from .args import RANDOM_SEED, SEED_RANGE, ScriptArgs
-from .infotext import ERROR_KEY, ORIGINAL_KEY, PARAMS_KEY, OriginalPrompts, params_text
+from .infotext import (
+    ERROR_KEY,
+    NOTICE_KEY,
+    ORIGINAL_KEY,
+    PARAMS_KEY,
+    OriginalPrompts,
+    params_text,
+)
 
 log = logging.getLogger("dtg")
 
@@ -134,6 +141,7 @@ def _expand(
         _note_error(p, f"{type(exc).__name__}: {exc}")
         return None
     log.info("DTG: expanded %d prompt(s) in %.2fs", len(finals), time.perf_counter() - started)
+    _note_notices(p, results)
     return finals
 
 
@@ -152,6 +160,19 @@ def _replace_prompts(p: Any, originals: list[str], finals: list[str]) -> None:
 def _record(p: Any, settings: UpsampleSettings, dtg_seed: int, originals: OriginalPrompts) -> None:
     p.extra_generation_params[PARAMS_KEY] = params_text(settings, dtg_seed)
     p.extra_generation_params[ORIGINAL_KEY] = originals
+
+
+def _note_notices(p: Any, results: Sequence[Any]) -> None:
+    """What the engine wants the user told (a backend fallback, a trimmed prompt), once."""
+    notices = list(dict.fromkeys(n for r in results for n in getattr(r, "notices", ())))
+    if not notices:
+        return
+    text = "; ".join(" ".join(n.split()) for n in notices)
+    log.warning("DTG: %s", text)
+    p.extra_generation_params[NOTICE_KEY] = text
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(f"DTG: {text}")
 
 
 def _note_error(p: Any, message: str) -> None:

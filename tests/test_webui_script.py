@@ -17,7 +17,7 @@ import pytest
 
 from dtg_webui import engine
 from dtg_webui.args import ARG_NAMES, ScriptArgs
-from dtg_webui.infotext import ERROR_KEY, ORIGINAL_KEY, PARAMS_KEY
+from dtg_webui.infotext import ERROR_KEY, NOTICE_KEY, ORIGINAL_KEY, PARAMS_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB = Path(__file__).resolve().parent / "webui_stub"
@@ -33,6 +33,7 @@ class FakeResult:
     backend: str = "fake"
     rounds: int = 1
     timings: Any = None
+    notices: tuple[str, ...] = ()
 
 
 @dataclass
@@ -40,6 +41,7 @@ class FakeEngine:
     """Appends one tag named after the seed, so each image's seed is visible in its prompt."""
 
     fail: bool = False
+    notices: tuple[str, ...] = ()
     calls: list[dict[str, Any]] = field(default_factory=list)
     unloads: int = 0
 
@@ -54,7 +56,10 @@ class FakeEngine:
         )
         if self.fail:
             raise RuntimeError("model file is corrupt")
-        return [FakeResult(p, f"{p}, dtg {s}", (f"dtg {s}",), s) for p, s in zip(prompts, seeds)]
+        return [
+            FakeResult(p, f"{p}, dtg {s}", (f"dtg {s}",), s, notices=self.notices)
+            for p, s in zip(prompts, seeds)
+        ]
 
     def unload(self) -> None:
         self.unloads += 1
@@ -250,6 +255,18 @@ def test_engine_failure_leaves_prompts_and_notes_the_error(webui, caplog):
     info = params(processed.infotexts[0])
     assert "model file is corrupt" in info[ERROR_KEY]
     assert PARAMS_KEY not in info and ORIGINAL_KEY not in info
+
+
+def test_engine_notices_reach_the_user_once(webui, caplog):
+    webui.engine.notices = ("llama.cpp backend is not installed; using the torch backend",)
+    p = webui.txt2img(on(), prompt="1girl", seed=1, batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="dtg"):
+        processed = webui.run(p)
+    assert processed.all_prompts == ["1girl, dtg 1", "1girl, dtg 2"]
+    warnings = [r for r in caplog.records if "torch backend" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "using the torch backend" in params(processed.infotexts[1])[NOTICE_KEY]
+    assert list(p.comments) == ["DTG: llama.cpp backend is not installed; using the torch backend"]
 
 
 def test_before_timing_failure_keeps_the_prompt(webui):
