@@ -24,6 +24,7 @@ from .infotext import (
     OriginalPrompts,
     params_text,
 )
+from .recent import RECENT
 
 log = logging.getLogger("dtg")
 
@@ -53,13 +54,13 @@ def fix_seed(seed: Any) -> int:
 
 
 def is_upscale_pass(p: Any) -> bool:
-    # The txt2img "Upscale" button re-runs the job on a finished image; its prompt was
-    # expanded when that image was made.
+    # The txt2img "Upscale" button re-runs the job on a finished image, whose prompt was
+    # expanded when that image was made (see recent.py).
     return bool(getattr(p, "txt2img_upscale", False))
 
 
 def runs_now(p: Any, args: ScriptArgs, hook_timing: str) -> bool:
-    if not args.enabled or is_upscale_pass(p):
+    if not args.enabled:
         return False
     # An unknown timing is reported by process(), through settings validation.
     timing = args.timing if args.timing in TIMINGS else "after"
@@ -76,7 +77,7 @@ def expand_images(p: Any, args: ScriptArgs) -> None:
         return
     originals = list(p.all_prompts)
     seeds = [derive_seed(seed, args.seed()) for seed in p.all_seeds]
-    finals = _expand(p, originals, settings, seeds, config)
+    finals = _expand_or_recall(p, originals, settings, seeds, config)
     if finals is None:
         return
     _replace_prompts(p, originals, finals)
@@ -98,7 +99,7 @@ def expand_main_prompt(p: Any, args: ScriptArgs) -> None:
     many = isinstance(p.prompt, list)
     originals = list(p.prompt) if many else [p.prompt]
     seeds = [derive_seed(p.seed, args.seed())] * len(originals)
-    finals = _expand(p, originals, settings, seeds, config)
+    finals = _expand_or_recall(p, originals, settings, seeds, config)
     if finals is None:
         return
     p.prompt = finals if many else finals[0]
@@ -118,6 +119,26 @@ def _settings(p: Any, args: ScriptArgs, config: host.HostConfig) -> UpsampleSett
         log.error("DTG: invalid settings, prompts left as written: %s", exc)
         _note_error(p, f"invalid settings: {exc}")
         return None
+
+
+def _expand_or_recall(
+    p: Any,
+    prompts: Sequence[str],
+    settings: UpsampleSettings,
+    seeds: Sequence[int],
+    config: host.HostConfig,
+) -> list[str] | None:
+    """A new expansion, or for the Upscale button's pass the one its image got."""
+    key = settings.to_json()
+    if is_upscale_pass(p):
+        finals = RECENT.recall(key, seeds, prompts)
+        if finals is None:
+            log.info("DTG: upscale pass of an image this session did not expand; prompt kept")
+        return finals
+    finals = _expand(p, prompts, settings, seeds, config)
+    if finals is not None:
+        RECENT.remember(key, seeds, prompts, finals)
+    return finals
 
 
 def _expand(

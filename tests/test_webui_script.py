@@ -302,12 +302,26 @@ def test_api_call_with_only_enabled_uses_defaults(webui):
 
 
 @pytest.mark.parametrize("timing", ["after", "before"])
-def test_upscale_button_pass_is_not_expanded(webui, timing):
-    p = webui.txt2img(on(timing=timing), prompt="1girl", seed=11, enable_hr=True)
+def test_upscale_button_pass_is_not_expanded_again(webui, timing):
+    p = webui.txt2img(on(timing=timing), prompt="1girl, never seen", seed=11, enable_hr=True)
     p.txt2img_upscale = True
     processed = webui.run(p)
-    assert processed.all_prompts == ["1girl"] and p.prompt == "1girl"
+    assert processed.all_prompts == ["1girl, never seen"] and p.prompt == "1girl, never seen"
     assert webui.engine.calls == []
+
+
+@pytest.mark.parametrize("timing", ["after", "before"])
+def test_upscale_button_pass_reuses_the_expansion_its_image_got(webui, timing):
+    first = webui.run(webui.txt2img(on(timing=timing), prompt="1girl", seed=21, batch_size=2))
+    calls = len(webui.engine.calls)
+    # "before" expands once per job from the job seed, which is the first image's seed.
+    image = 1 if timing == "after" else 0
+    p = webui.txt2img(on(timing=timing), prompt="1girl", seed=21 + image, enable_hr=True)
+    p.txt2img_upscale = True
+    processed = webui.run(p)
+    assert len(webui.engine.calls) == calls  # the model did not run again
+    assert processed.all_prompts == [first.all_prompts[image]]
+    assert ORIGINAL_KEY in params(processed.infotexts[0])
 
 
 def test_paste_restores_settings_and_original_prompt(webui):
