@@ -24,6 +24,7 @@ ORIGINAL_KEY = "DTG original prompt"
 ERROR_KEY = "DTG error"
 NOTICE_KEY = "DTG notice"
 PROMPT_KEY = "Prompt"
+HIRES_PROMPT_KEY = "Hires prompt"
 SEED_FIELD = "dtg_seed"
 # Every DTG value a paste can restore, one infotext key per positional argument.
 PASTE_KEYS: dict[str, str] = {name: f"DTG {name}" for name in ARG_NAMES}
@@ -48,6 +49,36 @@ class OriginalPrompts:
         if prompt_text is not None and prompt_text in self._by_final:
             return self._by_final[prompt_text]
         return self._only
+
+
+class HiresPrompts:
+    """Per-image "Hires prompt", looked up by the image's own prompt.
+
+    webui 1.10.1 writes an image's infotext with its index inside the batch but reads
+    `p.all_hr_prompts` (the whole job's list) with it, so from the second batch on it
+    names another image's hires prompt. That goes unseen while every image has the same
+    prompt; with one expansion per image the infotext (and a paste of it) would carry
+    another image's expansion as "Hires prompt".
+    """
+
+    def __init__(self, finals: Sequence[str], hires: Sequence[str], fallback: Any) -> None:
+        by_final: dict[str, str] = {}
+        ambiguous: set[str] = set()
+        for final, hr in zip(finals, hires):
+            if by_final.setdefault(final, hr) != hr:
+                ambiguous.add(final)
+        for final in ambiguous:
+            del by_final[final]
+        self._by_final = by_final
+        self._fallback = fallback
+
+    def __call__(self, prompt_text: str | None = None, **kwargs: Any) -> str | None:
+        if prompt_text is not None and prompt_text in self._by_final:
+            hr = self._by_final[prompt_text]
+            return None if hr == prompt_text else hr
+        if callable(self._fallback):
+            return self._fallback(prompt_text=prompt_text, **kwargs)
+        return None
 
 
 def read_params(params: dict[str, Any]) -> ScriptArgs | None:

@@ -18,9 +18,11 @@ from . import engine, host
 from .args import RANDOM_SEED, SEED_RANGE, ScriptArgs
 from .infotext import (
     ERROR_KEY,
+    HIRES_PROMPT_KEY,
     NOTICE_KEY,
     ORIGINAL_KEY,
     PARAMS_KEY,
+    HiresPrompts,
     OriginalPrompts,
     params_text,
 )
@@ -104,6 +106,20 @@ def expand_main_prompt(p: Any, args: ScriptArgs) -> None:
         return
     p.prompt = finals if many else finals[0]
     _record(p, settings, args.seed(), OriginalPrompts(originals, finals))
+
+
+def fix_hires_infotext(p: Any) -> None:
+    """`process_batch()`: the infotext's "Hires prompt" names each image's own one.
+
+    The webui sets its lookup in `p.init()`, after `process()`, hence this later hook.
+    """
+    if ORIGINAL_KEY not in p.extra_generation_params:
+        return  # DTG did not rewrite this job's prompts
+    lookup = p.extra_generation_params.get(HIRES_PROMPT_KEY)
+    hires = getattr(p, "all_hr_prompts", None)
+    if not callable(lookup) or isinstance(lookup, HiresPrompts) or not hires:
+        return
+    p.extra_generation_params[HIRES_PROMPT_KEY] = HiresPrompts(p.all_prompts, hires, lookup)
 
 
 def finish_job(args: ScriptArgs) -> None:

@@ -192,6 +192,9 @@ class DanTagGenScript(scripts.Script):
     def process(self, p, *args) -> None:
         rewrite.expand_images(p, _job_args(p, args))
 
+    def process_batch(self, p, *args, **kwargs) -> None:
+        rewrite.fix_hires_infotext(p)
+
     def postprocess(self, p, processed, *args) -> None:
         rewrite.finish_job(_job_args(p, args))
 

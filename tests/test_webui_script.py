@@ -202,6 +202,22 @@ def test_hires_prompt_left_empty_follows_the_expansion(webui):
     assert [s.hr_prompt for s in processed.samples] == p.all_hr_prompts
 
 
+def test_hires_prompt_in_the_infotext_is_each_images_own(webui):
+    # webui 1.10.1 reads the job-wide hires list with the index inside the batch: from
+    # the second batch on, its infotext named the first batch's expansions.
+    p = webui.txt2img(on(), prompt="1girl", seed=3, batch_size=2, n_iter=2, enable_hr=True)
+    processed = webui.run(p)
+    assert all("Hires prompt" not in text for text in processed.infotexts)
+
+
+def test_hires_prompt_of_the_user_stays_in_every_infotext(webui):
+    p = webui.txt2img(
+        on(), prompt="1girl", seed=3, batch_size=2, n_iter=2, enable_hr=True, hr_prompt="1girl, hd"
+    )
+    processed = webui.run(p)
+    assert all('Hires prompt: "1girl, hd"' in text for text in processed.infotexts)
+
+
 def test_hires_prompt_written_by_the_user_is_kept(webui):
     p = webui.txt2img(
         on(), prompt="1girl", seed=3, batch_size=2, enable_hr=True, hr_prompt="1girl, detailed"
@@ -292,7 +308,9 @@ def test_disabled_touches_nothing(webui):
     p = webui.txt2img(args, prompt="1girl", seed=1, batch_size=2, enable_hr=True)
     processed = webui.run(p)
     assert processed.all_prompts == ["1girl", "1girl"]
-    assert p.extra_generation_params == {}
+    # Only the host's own entry: its hires prompt lookup, left as it set it.
+    assert list(p.extra_generation_params) == ["Hires prompt"]
+    assert p.extra_generation_params["Hires prompt"].__name__ == "get_hr_prompt"
     assert webui.factory_calls == [] and webui.engine.calls == []
 
 

@@ -80,6 +80,9 @@ class StableDiffusionProcessing:
     def batch_hires_prompts(self, batch: slice) -> list[str]:
         return []
 
+    def init(self) -> None:
+        pass
+
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def __init__(self, *, enable_hr: bool = False, hr_prompt: str = "", **kwargs: Any) -> None:
@@ -99,6 +102,17 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             self.hr_prompt if isinstance(self.hr_prompt, list) else self.total * [self.hr_prompt]
         )
         self.all_hr_prompts = [apply_styles(x, self.styles) for x in prompts]
+
+    def init(self) -> None:
+        # As in 1.10.1's `init()`, which runs after the scripts' `process()`.
+        if not self.enable_hr:
+            return
+
+        def get_hr_prompt(p: Any, index: int, prompt_text: str, **kwargs: Any) -> str | None:
+            hr_prompt = p.all_hr_prompts[index]
+            return hr_prompt if hr_prompt != prompt_text else None
+
+        self.extra_generation_params["Hires prompt"] = get_hr_prompt
 
     def batch_hires_prompts(self, batch: slice) -> list[str]:
         self.hr_prompts = self.all_hr_prompts[batch] if self.enable_hr else []
@@ -141,6 +155,7 @@ def _process_images_inner(p: StableDiffusionProcessing) -> Processed:
     first_seed = get_fixed_seed(p.seed)
     p.all_seeds = [first_seed + i for i in range(p.total)]
     p.scripts.process(p)
+    p.init()
     samples: list[Sample] = []
     infotexts: list[str] = []
     for n in range(p.n_iter):
