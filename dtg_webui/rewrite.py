@@ -35,13 +35,14 @@ _WEBUI_SEED_RANGE = 4294967294
 
 
 def derive_seed(image_seed: int, dtg_seed: int) -> int:
-    """-1 follows the image seed; a fixed DTG seed is added to it.
+    """-1 follows each image's seed; a fixed DTG seed is that image's expansion seed.
 
-    Either way the same image seed gives the same tags, and the images of one
-    batch still differ from each other.
+    So with -1 every image gets its own tags, reproducible from its seed; a fixed seed
+    (typed, or taken from an image with the reuse button) keeps those tags while the
+    image seed changes.
     """
-    offset = 0 if dtg_seed == RANDOM_SEED else int(dtg_seed)
-    return (int(image_seed) + offset) % SEED_RANGE
+    base = image_seed if dtg_seed == RANDOM_SEED else dtg_seed
+    return int(base) % SEED_RANGE
 
 
 def fix_seed(seed: Any) -> int:

@@ -33,7 +33,16 @@ if _EXTENSION_ROOT not in sys.path:
 from modules import script_callbacks, scripts  # noqa: E402
 
 from dtg_lib.settings import BACKENDS, TARGETS, TIMINGS  # noqa: E402
-from dtg_webui import host, infotext, install_status, preview_ui, rewrite, routes, xyz  # noqa: E402
+from dtg_webui import (  # noqa: E402
+    host,
+    infotext,
+    install_status,
+    preview_ui,
+    reuse_seed,
+    rewrite,
+    routes,
+    xyz,
+)
 from dtg_webui.args import (  # noqa: E402
     ARG_NAMES,
     FORMAT_CHOICES,
@@ -55,6 +64,7 @@ class DanTagGenScript(scripts.Script):
     def __init__(self) -> None:
         super().__init__()
         self.preview = preview_ui.PreviewWiring()
+        self.reuse = reuse_seed.ReuseWiring()
 
     def title(self) -> str:
         return TITLE
@@ -94,10 +104,11 @@ class DanTagGenScript(scripts.Script):
                 dtg_seed = gr.Number(
                     value=RANDOM_SEED,
                     precision=0,
-                    label="DTG seed (-1: each image's seed; N: image seed + N)",
+                    label="DTG seed (-1: each image's own; ♻️: the selected image's)",
                     **ids("seed"),
                 )
                 follow_seed = ToolButton("\U0001f3b2", **ids("seed-follow"))
+                reuse = ToolButton("\u267b\ufe0f", **ids("seed-reuse"))
             with gr.Row():
                 model = gr.Dropdown(
                     host.model_choices(),
@@ -179,12 +190,14 @@ class DanTagGenScript(scripts.Script):
         ]
         self.paste_field_names = list(infotext.PASTE_KEYS.values())
         self.preview.set_controls(preview, preview_box, components)
+        self.reuse.set_controls(reuse, dtg_seed)
         return components
 
     def after_component(self, component, **kwargs) -> None:
         # The prompt, seed and size boxes are the host's; the preview reads them.
         elem_id = kwargs.get("elem_id") or getattr(component, "elem_id", None)
         self.preview.saw_component(component, elem_id)
+        self.reuse.saw_component(component, elem_id)
 
     def before_process(self, p, *args) -> None:
         rewrite.expand_main_prompt(p, _job_args(p, args))

@@ -34,9 +34,9 @@ def _final(html: str) -> str:
 def test_preview_expands_with_panel_values_and_seed(fake):
     html = preview_ui.run_preview("1girl, solo", 10, 832, 1216, *on(dtg_seed=5, target="short"))
     (call,) = fake.calls
-    assert call["prompts"] == ["1girl, solo"] and call["seeds"] == [15]
+    assert call["prompts"] == ["1girl, solo"] and call["seeds"] == [5]
     assert call["size"] == (832, 1216) and call["settings"].target == "short"
-    assert _final(html) == "1girl, solo, dtg 15, smile"
+    assert _final(html) == "1girl, solo, dtg 5, smile"
     assert 'class="dtg-preview"' in html, "the engine's coloured rendering"
     assert "2 rounds" in html and "0.25 s" in html
     assert "image seed 10" in html

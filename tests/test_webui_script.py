@@ -189,10 +189,42 @@ def test_same_image_seed_same_expansion(webui):
     assert first.all_prompts == second.all_prompts
 
 
-def test_fixed_dtg_seed_is_added_to_each_image_seed(webui):
+def test_fixed_dtg_seed_keeps_the_tags_whatever_the_image_seed(webui):
     processed = webui.run(webui.txt2img(on(dtg_seed=5), prompt="1girl", seed=7, batch_size=3))
-    # image seeds 7, 8, 9 plus the DTG seed 5
-    assert processed.all_prompts == ["1girl, dtg 12", "1girl, dtg 13", "1girl, dtg 14"]
+    assert processed.all_prompts == ["1girl, dtg 5"] * 3
+
+
+def _generation_info(processed, first=0):
+    return json.dumps(
+        {
+            "infotexts": processed.infotexts,
+            "all_seeds": processed.all_seeds,
+            "index_of_first_image": first,
+        }
+    )
+
+
+def test_reuse_button_takes_the_selected_images_expansion_seed(webui):
+    from dtg_webui.reuse_seed import reused_seed
+
+    processed = webui.run(webui.txt2img(on(), prompt="1girl", seed=40, batch_size=3))
+    info = _generation_info(processed)
+    assert reused_seed(info, 2, -1) == 42
+    # A grid first in the gallery shifts the index by one.
+    assert reused_seed(_generation_info(processed, first=1), 2, -1) == 41
+    # The reused seed gives back that image's tags for any image seed.
+    again = webui.run(webui.txt2img(on(dtg_seed=42), prompt="1girl", seed=99, batch_size=2))
+    assert again.all_prompts == [processed.all_prompts[2]] * 2
+    assert reused_seed(_generation_info(again), 1, -1) == 42
+
+
+def test_reuse_button_without_a_dtg_image_keeps_the_field(webui):
+    from dtg_webui.reuse_seed import reused_seed
+
+    plain = webui.run(webui.txt2img([False], prompt="1girl", seed=3))
+    assert reused_seed(_generation_info(plain), 0, 17) == 17
+    assert reused_seed("", 0, -1) == -1
+    assert reused_seed("{not json", 0, 8) == 8
 
 
 def test_hires_prompt_left_empty_follows_the_expansion(webui):
@@ -456,10 +488,16 @@ def test_metadata_orders_after_dynamic_prompts():
 def test_ui_builds_in_gradio_blocks(webui):
     gr = pytest.importorskip("gradio")
     with gr.Blocks():
+        prompt = gr.Textbox(elem_id="txt2img_prompt")
+        webui.script.after_component(prompt, elem_id="txt2img_prompt")
         components = webui.script.ui(False)
+        # The host builds its output panel after the scripts' UI.
+        info = gr.Textbox(elem_id="generation_info_txt2img", visible=False)
+        webui.script.after_component(info, elem_id="generation_info_txt2img")
     assert len(components) == len(ARG_NAMES)
     assert all(c.elem_id.startswith("dtg-txt2img-") for c in components)
     assert len(webui.script.infotext_fields) == len(ARG_NAMES)
+    assert webui.script.preview.wired and webui.script.reuse.wired
 
 
 def test_stub_does_not_leak_into_other_tests():

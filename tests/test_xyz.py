@@ -81,7 +81,7 @@ def test_seed_and_top_p_axes(webui, grid):  # noqa: F811
     webui.callbacks.before_ui_callback()
     axes = [(grid.option("[DTG] Seed"), ["0", "100"]), (grid.option("[DTG] Top p"), ["0.5"])]
     results = _run_cells(webui, grid, on(), axes)
-    assert [r.all_prompts for r in results] == [["1girl, dtg 10"], ["1girl, dtg 110"]]
+    assert [r.all_prompts for r in results] == [["1girl, dtg 0"], ["1girl, dtg 100"]]
     assert {c["settings"].sampling.top_p for c in webui.engine.calls} == {0.5}
 
 
