@@ -207,15 +207,16 @@ def _note_notices(p: Any, results: Sequence[Any]) -> None:
         return
     text = "; ".join(" ".join(n.split()) for n in notices)
     log.warning("DTG: %s", text)
-    p.extra_generation_params[NOTICE_KEY] = text
-    comment = getattr(p, "comment", None)
-    if callable(comment):
-        comment(f"DTG: {text}")
+    _tell(p, NOTICE_KEY, text)
 
 
 def _note_error(p: Any, message: str) -> None:
-    one_line = " ".join(message.split())
-    p.extra_generation_params[ERROR_KEY] = one_line
+    _tell(p, ERROR_KEY, " ".join(message.split()), " (prompts left unexpanded)")
+
+
+def _tell(p: Any, key: str, text: str, comment_tail: str = "") -> None:
+    """Into the infotext under `key`, and under the image as a comment where the host has them."""
+    p.extra_generation_params[key] = text
     comment = getattr(p, "comment", None)
     if callable(comment):
-        comment(f"DTG: {one_line} (prompts left unexpanded)")
+        comment(f"DTG: {text}{comment_tail}")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dtg_examples import PROMPT
 
 from dtg_lib import backends
 from dtg_lib.backends import (
@@ -25,16 +26,6 @@ from dtg_lib.backends.torch_sampling import filter_scores
 from dtg_lib.settings import SamplingSettings
 from dtg_lib.tiny_model import GENERAL_TAGS
 
-PROMPT = (
-    "quality: masterpiece\n"
-    "rating: safe\n"
-    "artist: <|empty|>\n"
-    "characters: <|empty|>\n"
-    "copyrights: <|empty|>\n"
-    "aspect ratio: 1.0\n"
-    "target: <|short|>\n"
-    "general: 1girl, solo, dragon girl, dragon horns, dragon tail<|input_end|>"
-)
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.95, top_k=100, max_new_tokens=128)
 KINDS = [
     pytest.param("llama.cpp", marks=[pytest.mark.llama, pytest.mark.slow]),

@@ -8,21 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from dtg_examples import PROMPT
 
 from dtg_lib import tiny_model as tm
 
 pytestmark = pytest.mark.slow
 
-PROMPT = (
-    "quality: masterpiece\n"
-    "rating: safe\n"
-    "artist: <|empty|>\n"
-    "characters: <|empty|>\n"
-    "copyrights: <|empty|>\n"
-    "aspect ratio: 1.0\n"
-    "target: <|short|>\n"
-    "general: 1girl, solo, dragon girl, dragon horns, dragon tail<|input_end|>"
-)
 UNICODE_PROMPT = (
     "rating: safe\nartist: 日本語の絵師 (ü-ß)\ncharacters: hatsune miku 🐉\n"
     "copyrights: <|empty|>\naspect ratio: 0.7\ntarget: <|very_long|>\n"
