@@ -12,7 +12,11 @@ It prints
    (the PyPI source build is CPU-only unless CMAKE_ARGS="-DGGML_CUDA=on");
 2. raw transformers generate() of one batch of N DTG prompts, 128 new tokens
    each: seconds per batch and tokens/s over the batch;
-3. our `upsample_many` on N prompts, 1 round each: on torch it expands a job's
+3. our torch backend per decode mode (eager: transformers' forward; static: our
+   fixed-shape step; graph: that step replayed as a CUDA graph): the first call's
+   seconds (graph capture included), then ms per token for a batch of 1 and of
+   each N, and the batch's time over the single prompt's;
+4. our `upsample_many` on N prompts, 1 round each: on torch it expands a job's
    prompts together (one generate_batch call per round, each row with its own
    seed), so "ours upsample_many (batched)" compares with the raw batch row of
    the same N; "ours one by one" is the same prompts through `upsample`.
@@ -130,6 +134,38 @@ def batched_upsample(model_dir: Path, dtype: str, count: int) -> None:
     upsampler.unload()
 
 
+def decode_mode_table(model_dir: Path, dtype: str, batches: list[int]) -> None:
+    import torch
+
+    from dtg_lib.backends.torch_backend import TorchBackend
+    from dtg_lib.settings import SamplingSettings
+
+    sampling = SamplingSettings(max_new_tokens=NEW_TOKENS)
+    print(f"\nours torch by decode mode, {dtype}, up to {NEW_TOKENS} new tokens a prompt")
+    print(f"{'mode':>7}{'first s':>9}{'batch':>6}{'seconds':>9}{'ms/tok':>8}{'x one':>7}")
+    for mode in ("eager", "static", "graph"):
+        backend = TorchBackend(model_dir / "hf", "cuda", dtype=dtype, decode=mode)
+        prompt = dtg_prompt(backend.count_tokens)
+        started = time.perf_counter()
+        backend.generate(prompt, sampling, 0)
+        first = time.perf_counter() - started
+        single = None
+        for batch in [1, *batches]:
+            backend.generate_batch([prompt] * batch, sampling, list(range(batch)))  # capture
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            made = backend.generate_batch([prompt] * batch, sampling, list(range(batch)))
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            steps = max(g.completion_tokens for g in made)
+            single = single or seconds
+            print(
+                f"{mode:>7}{first:>9.2f}{batch:>6}{seconds:>9.2f}"
+                f"{1000 * seconds / steps:>8.2f}{seconds / single:>7.2f}"
+            )
+        backend.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
@@ -144,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     backend_table(args.model_dir)
     batches = [int(b) for b in args.batches.split(",")]
     batch_table(args.model_dir, args.dtype, batches)
+    decode_mode_table(args.model_dir, args.dtype, batches)
     for count in batches:
         batched_upsample(args.model_dir, args.dtype, count)
     return 0

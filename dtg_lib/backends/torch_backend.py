@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from .base import (
     normalize_device,
 )
 from .torch_sampling import BatchDecoder, Row
+from .torch_steps import StepFactory, resolve_decode_mode
 
 log = logging.getLogger("dtg")
 
@@ -41,6 +43,8 @@ DTYPES = {
     "bfloat16": "bfloat16",
 }
 DEFAULT_CONTEXT = 2048
+# "auto", "eager", "static" or "graph" (see torch_steps); for benchmarks and bug hunts.
+DECODE_ENV = "DTG_TORCH_DECODE"
 
 
 def import_torch_stack() -> tuple[Any, Any]:
@@ -127,6 +131,7 @@ class TorchBackend:
         *,
         dtype: str | None = None,
         n_threads: int | None = None,
+        decode: str | None = None,
     ):
         torch, transformers = import_torch_stack()
         self._torch, self._transformers = torch, transformers
@@ -137,16 +142,20 @@ class TorchBackend:
         if n_threads:
             torch.set_num_threads(n_threads)
         self.dtype = resolve_dtype(torch, self.device, dtype)
+        self.decode = resolve_decode_mode(decode or os.environ.get(DECODE_ENV, ""), self.device)
         self._lock = threading.Lock()
         self._tokenizer, self._model = self._load()
+        self._steps = StepFactory(torch, self._model, self.decode)
+        self.decode = self._steps.mode
         self.context = int(
             getattr(self._model.config, "max_position_embeddings", 0) or DEFAULT_CONTEXT
         )
         log.info(
-            "loaded %s with torch on %s (%s, activation %s)",
+            "loaded %s with torch on %s (%s, %s decode, activation %s)",
             self.model_path,
             self.device,
             self.dtype,
+            self.decode,
             getattr(self._model.config, "hidden_act", "?"),
         )
 
@@ -193,12 +202,12 @@ class TorchBackend:
         if not prompts:
             return []
         with self._lock:
-            tokenizer, model = self._require_open()
+            tokenizer, _ = self._require_open()
             encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
             budgets = [
                 new_token_budget(len(ids), self.context, sampling.max_new_tokens) for ids in encoded
             ]
-            decoder = BatchDecoder(self._torch, model, self.device, tokenizer.eos_token_id)
+            decoder = BatchDecoder(self._torch, self._steps, self.device, tokenizer.eos_token_id)
             rows = decoder.rows(encoded, budgets, seeds)
             clock = Stopwatch()
             with self._torch.no_grad():
@@ -226,6 +235,9 @@ class TorchBackend:
             had_model = self._model is not None
             self._model = None
             self._tokenizer = None
+            if had_model:
+                self._steps.clear()
+                self._steps = None
         if not had_model:
             return
         gc.collect()

@@ -6,24 +6,20 @@ prompt's tokens would depend on its batch-mates. Here each row has its own
 applies them (repetition penalty, temperature, top-k, top-p, min-p). One
 prompt is a batch of one, so the single and batched paths share every line.
 
-Only what transformers 4.30 (the AUTOMATIC1111 pin) and 5.x both accept is
-used: left padding with an attention mask and explicit position ids, and
-whatever KV cache the model returned (tuples in 4.x, a DynamicCache in 5.x)
-handed straight back. The cache argument is `past_key_values` up to 5.2x and
-`cache` in later 5.x (the old name warns there), so it is looked up in the
-model's forward() signature, as is the argument that limits logits to the
-last position (absent in 4.30).
+Prompts are left-padded to one width, with a mask and explicit position ids;
+the forward passes themselves (transformers' own, or a fixed-shape one a GPU
+replays as a CUDA graph) come from `torch_steps`.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..settings import SamplingSettings
 from .base import Stopwatch, fold_seed
+from .torch_steps import StepFactory
 
 
 @dataclass
@@ -38,7 +34,7 @@ class Row:
 
 
 def filter_scores(torch: Any, scores: Any, history: Any, sampling: SamplingSettings) -> Any:
-    """One row's next-token scores (1 x vocab, fp32) after every sampling filter."""
+    """Next-token scores (rows x vocab, fp32) after every sampling filter, row by row."""
     if sampling.repetition_penalty != 1.0:
         scores = _repetition_penalty(torch, scores, history, sampling.repetition_penalty)
     scores = scores / sampling.temperature
@@ -78,20 +74,11 @@ def _min_p(torch: Any, scores: Any, min_p: float) -> Any:
     return scores.masked_fill(probs < floor, float("-inf"))
 
 
-def _first_keyword(model: Any, names: Sequence[str]) -> str | None:
-    """The first of `names` that the model's forward() accepts."""
-    accepted = inspect.signature(model.forward).parameters
-    return next((name for name in names if name in accepted), None)
-
-
 class BatchDecoder:
     """Samples continuations of several prompts at once; one instance per call."""
 
-    def __init__(self, torch: Any, model: Any, device: str, eos: int) -> None:
-        self.torch, self.model, self.device, self.eos = torch, model, device, eos
-        # Without it, prefill projects every prompt position onto the vocabulary.
-        self._keep = _first_keyword(model, ("logits_to_keep", "num_logits_to_keep"))
-        self._cache = _first_keyword(model, ("cache", "past_key_values")) or "past_key_values"
+    def __init__(self, torch: Any, steps: StepFactory, device: str, eos: int) -> None:
+        self.torch, self.steps, self.device, self.eos = torch, steps, device, eos
 
     def rows(self, prompts: Sequence[list[int]], budgets: Sequence[int], seeds: Sequence[int]):
         return [
@@ -109,41 +96,49 @@ class BatchDecoder:
         torch = self.torch
         width = max(len(row.prompt) for row in rows)
         ids = torch.tensor([[self.eos] * (width - len(r.prompt)) + r.prompt for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        past = None
-        for _ in range(max(row.budget for row in rows)):
-            logits, past = self._forward(ids, mask, positions, past)
-            ids = self._sample(rows, logits, sampling)
+        real = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
+        ids, real = ids.to(self.device), real.to(self.device)
+        positions = (real.cumsum(-1) - 1).clamp(min=0)
+        budget = max(row.budget for row in rows)
+        steps = self.steps.steps(len(rows), width, budget)
+        logits = steps.prefill(ids, real, positions)
+        for step in range(budget):
+            column = self._sample(rows, logits, sampling)
             clock.mark_first_token()
-            if all(row.done for row in rows):
+            if all(row.done for row in rows) or step == budget - 1:
                 break
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
-            positions = positions[:, -1:] + 1
-
-    def _forward(self, ids: Any, mask: Any, positions: Any, past: Any) -> tuple[Any, Any]:
-        extra = {self._cache: past}
-        if self._keep:
-            extra[self._keep] = 1
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra
-        )
-        return out.logits[:, -1, :].float(), getattr(out, self._cache)
+            logits = steps.step(column)
 
     def _sample(self, rows: list[Row], logits: Any, sampling: SamplingSettings) -> Any:
-        """Draw each unfinished row's next token; the column fed to the next step."""
+        """Draw each unfinished row's next token; the column fed to the next step.
+
+        The filters run on the whole batch at once (each acts within a row), the
+        draws use each row's own generator, and the tokens come back in one
+        transfer, so a batch waits for the GPU once a step rather than once a row.
+        """
         torch = self.torch
-        column = []
-        for index, row in enumerate(rows):
-            if row.done:
-                column.append(self.eos)
-                continue
-            history = torch.tensor([row.prompt + row.new], device=logits.device)
-            scores = filter_scores(torch, logits[index : index + 1], history, sampling)
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=row.generator).item())
-            row.new.append(token)
-            row.done = token == self.eos or len(row.new) >= row.budget
-            column.append(token)
-        return torch.tensor(column, device=self.device).unsqueeze(1)
+        history = None
+        if sampling.repetition_penalty != 1.0:
+            history = self._histories(rows, logits.device)
+        probs = torch.softmax(filter_scores(torch, logits, history, sampling), dim=-1)
+        live = [index for index, row in enumerate(rows) if not row.done]
+        column = torch.full((len(rows), 1), self.eos, dtype=torch.long, device=logits.device)
+        for index in live:
+            draw = torch.multinomial(probs[index : index + 1], 1, generator=rows[index].generator)
+            column[index] = draw[0]
+        drawn = column[:, 0].tolist()
+        for index in live:
+            row = rows[index]
+            row.new.append(drawn[index])
+            row.done = drawn[index] == self.eos or len(row.new) >= row.budget
+        return column
+
+    def _histories(self, rows: list[Row], device: Any) -> Any:
+        """Every row's tokens so far, padded with its own first token.
+
+        A repeated index is penalised once all the same, so the padding changes nothing.
+        """
+        seen = [row.prompt + row.new for row in rows]
+        width = max(len(tokens) for tokens in seen)
+        padded = [tokens + [tokens[0]] * (width - len(tokens)) for tokens in seen]
+        return self.torch.tensor(padded, device=device)

@@ -1,0 +1,223 @@
+"""The forward passes behind the torch decode loop: prefill once, then one column a step.
+
+Three ways to run them, chosen per backend by `decode_mode`:
+
+- "eager": transformers' own forward with the cache it returns. Works with every
+  model transformers can load; the reference the others are tested against.
+- "static": `StaticLlama` over a preallocated cache. Same arithmetic, fixed shapes.
+- "graph": "static" with the decode step captured once as a CUDA graph per
+  (batch size, cache length) and replayed; capture takes a fraction of a second
+  instead of a compiler's tens of seconds.
+
+"auto" is "graph" on CUDA and "eager" elsewhere: on a CPU the Python overhead is
+small next to the matmuls, and eager is what transformers itself runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from .torch_static import StaticCache, StaticDecodeUnsupported, StaticLlama, prefill_mask
+
+log = logging.getLogger("dtg")
+
+DECODE_MODES = ("auto", "eager", "static", "graph")
+# Cache lengths are rounded up to this, so that jobs of similar size share a graph.
+CACHE_LENGTH_STEP = 256
+# Captured graphs kept per backend; each holds a KV cache of its batch size.
+GRAPHS_KEPT = 3
+
+
+def resolve_decode_mode(mode: str, device: str) -> str:
+    mode = (mode or "auto").lower()
+    if mode not in DECODE_MODES:
+        raise ValueError(f"unknown decode mode {mode!r}: use one of {', '.join(DECODE_MODES)}")
+    if mode == "auto":
+        return "graph" if device.startswith("cuda") else "eager"
+    if mode == "graph" and not device.startswith("cuda"):
+        raise ValueError("decode mode 'graph' needs a CUDA device; use 'static' or 'eager'")
+    return mode
+
+
+def cache_length(width: int, budget: int) -> int:
+    needed = width + budget
+    return -(-needed // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP
+
+
+def _first_keyword(model: Any, names: Sequence[str]) -> str | None:
+    """The first of `names` that the model's forward() accepts."""
+    accepted = inspect.signature(model.forward).parameters
+    return next((name for name in names if name in accepted), None)
+
+
+class EagerSteps:
+    """transformers' forward; the cache grows by one column a step.
+
+    The cache argument is `past_key_values` up to transformers 5.2x and `cache`
+    in later 5.x, and 4.30 lacks the argument that limits logits to the last
+    position, so both are looked up in forward()'s signature.
+    """
+
+    def __init__(self, torch: Any, model: Any) -> None:
+        self.torch, self.model = torch, model
+        self._keep = _first_keyword(model, ("logits_to_keep", "num_logits_to_keep"))
+        self._cache = _first_keyword(model, ("cache", "past_key_values")) or "past_key_values"
+        self._past: Any = None
+        self._mask: Any = None
+        self._positions: Any = None
+
+    def prefill(self, ids: Any, real: Any, positions: Any) -> Any:
+        self._mask, self._positions = real, positions
+        return self._forward(ids)
+
+    def step(self, column: Any) -> Any:
+        self._mask = self.torch.cat([self._mask, self._mask.new_ones((len(column), 1))], dim=-1)
+        self._positions = self._positions[:, -1:] + 1
+        return self._forward(column)
+
+    def _forward(self, ids: Any) -> Any:
+        extra = {self._cache: self._past}
+        if self._keep:
+            extra[self._keep] = 1
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self._mask,
+            position_ids=self._positions,
+            use_cache=True,
+            **extra,
+        )
+        self._past = getattr(out, self._cache)
+        return out.logits[:, -1, :].float()
+
+
+class StaticSteps:
+    """`StaticLlama` over one cache; the decode step optionally replayed from a graph."""
+
+    def __init__(self, torch: Any, static: StaticLlama, cache: StaticCache, graph: Any) -> None:
+        self.torch, self.static, self.cache, self.graph = torch, static, cache, graph
+        self._valid: Any = None
+        self._position: Any = None
+        self._slot = 0
+
+    def prefill(self, ids: Any, real: Any, positions: Any) -> Any:
+        torch, width = self.torch, ids.shape[1]
+        slots = torch.arange(width, device=ids.device)
+        logits = self.static.forward(
+            self.cache, ids, positions, slots, prefill_mask(torch, real, self.cache.length)
+        )
+        self._valid = torch.zeros(
+            (ids.shape[0], self.cache.length), dtype=torch.bool, device=ids.device
+        )
+        self._valid[:, :width] = real.bool()
+        self._position, self._slot = positions[:, -1:], width
+        return logits
+
+    def step(self, column: Any) -> Any:
+        self._position = self._position + 1
+        self._valid[:, self._slot] = True
+        slot = self._slot
+        self._slot += 1
+        attend = self._valid[:, None, None, :]
+        if self.graph is not None:
+            return self.graph.replay(column, self._position, slot, attend)
+        slots = self.torch.tensor([slot], device=column.device)
+        return self.static.forward(self.cache, column, self._position, slots, attend)
+
+
+class DecodeGraph:
+    """One captured decode step for a fixed batch size and cache length."""
+
+    def __init__(self, torch: Any, static: StaticLlama, batch: int, length: int) -> None:
+        self.torch, self.static = torch, static
+        device = static.device
+        self.cache = static.new_cache(batch, length)
+        self.ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        self.positions = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        # The warm-up and capture runs write a real step into the last slot, which
+        # is masked out until a job's own step overwrites it.
+        self.slot = torch.full((1,), length - 1, dtype=torch.long, device=device)
+        self.attend = torch.zeros((batch, 1, 1, length), dtype=torch.bool, device=device)
+        self.attend[..., 0] = True
+        self.logits = self._capture()
+
+    def _run(self) -> Any:
+        return self.static.forward(self.cache, self.ids, self.positions, self.slot, self.attend)
+
+    def _capture(self) -> Any:
+        torch = self.torch
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # kernels pick their algorithms before capture
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            logits = self._run()
+        return logits
+
+    def replay(self, column: Any, positions: Any, slot: int, attend: Any) -> Any:
+        self.ids.copy_(column)
+        self.positions.copy_(positions)
+        self.slot.fill_(slot)
+        self.attend.copy_(attend)
+        self.graph.replay()
+        return self.logits.clone()
+
+
+class StepFactory:
+    """Makes the steps for each batch; owns the static model view and captured graphs.
+
+    One per loaded model, used under the backend's lock. A model the static path
+    cannot run falls back to eager once, with a log line saying why.
+    """
+
+    def __init__(self, torch: Any, model: Any, mode: str) -> None:
+        self.torch, self.model, self.mode = torch, model, mode
+        self._static: StaticLlama | None = None
+        self._graphs: OrderedDict[tuple[int, int], DecodeGraph] = OrderedDict()
+        self.capture_s = 0.0
+        if mode != "eager":
+            try:
+                self._static = StaticLlama(torch, model)
+            except StaticDecodeUnsupported as exc:
+                log.info("torch decode: %s not supported by the static path; using eager", exc)
+                self.mode = "eager"
+
+    def steps(self, batch: int, width: int, budget: int) -> EagerSteps | StaticSteps:
+        if self._static is None:
+            return EagerSteps(self.torch, self.model)
+        length = cache_length(width, budget)
+        if self.mode == "static":
+            cache = self._static.new_cache(batch, length)
+            return StaticSteps(self.torch, self._static, cache, None)
+        try:
+            graph = self._graph(batch, length)
+        except RuntimeError as exc:  # capture refused by this GPU, driver or torch build
+            log.warning("torch decode: CUDA graph capture failed (%s); running uncaptured", exc)
+            self.mode = "static"
+            self._graphs.clear()
+            return self.steps(batch, width, budget)
+        return StaticSteps(self.torch, self._static, graph.cache, graph)
+
+    def _graph(self, batch: int, length: int) -> DecodeGraph:
+        key = (batch, length)
+        graph = self._graphs.pop(key, None)
+        if graph is None:
+            while len(self._graphs) >= GRAPHS_KEPT:
+                self._graphs.popitem(last=False)
+            started = time.perf_counter()
+            graph = DecodeGraph(self.torch, self._static, batch, length)
+            took = time.perf_counter() - started
+            self.capture_s += took
+            log.info("captured the decode step for batch %d, cache %d in %.2f s", *key, took)
+        self._graphs[key] = graph
+        return graph
+
+    def clear(self) -> None:
+        self._graphs.clear()

@@ -1,0 +1,186 @@
+"""The fixed-shape decode path (`torch_static`, `torch_steps`) against transformers' own forward.
+
+On a CPU it is checked for the same logits as transformers, position by
+position, and the same sampled text as the eager loop. The CUDA graph replay is
+checked against the uncaptured static path where a GPU is present.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from test_batched import PROMPTS, SAMPLING  # noqa: E402
+
+from dtg_lib.backends.torch_backend import TorchBackend  # noqa: E402
+from dtg_lib.backends.torch_static import (  # noqa: E402
+    StaticDecodeUnsupported,
+    StaticLlama,
+    llama_shape,
+    prefill_mask,
+)
+from dtg_lib.backends.torch_steps import (  # noqa: E402
+    CACHE_LENGTH_STEP,
+    cache_length,
+    resolve_decode_mode,
+)
+
+
+def random_llama(kv_heads: int, act: str = "mish"):
+    config = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=128,
+        rope_theta=500.0,
+        hidden_act=act,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    if model.model.layers[0].self_attn.k_proj.out_features != 64 // 4 * kv_heads:
+        pytest.skip("this transformers has no grouped-query attention")
+    return model
+
+
+def reference_logits(model, ids, real):
+    """transformers' logits at the last column of a left-padded batch, no cache."""
+    positions = (real.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=real, position_ids=positions, use_cache=False)
+    return out.logits[:, -1, :].float()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_static_forward_matches_transformers_through_prefill_and_steps(kv_heads):
+    model = random_llama(kv_heads)
+    static = StaticLlama(torch, model)
+    lengths = [7, 3, 5]
+    width = max(lengths)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 97, (3, width), generator=generator)
+    real = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
+    ids = ids.masked_fill(real == 0, 2)
+    cache = static.new_cache(3, 32)
+    positions = (real.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        got = static.forward(
+            cache, ids, positions, torch.arange(width), prefill_mask(torch, real, 32)
+        )
+        torch.testing.assert_close(got, reference_logits(model, ids, real), atol=1e-5, rtol=1e-4)
+        valid = torch.zeros((3, 32), dtype=torch.bool)
+        valid[:, :width] = real.bool()
+        position = positions[:, -1:]
+        for slot in range(width, width + 6):
+            column = got.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, column], dim=1)
+            real = torch.cat([real, torch.ones((3, 1), dtype=real.dtype)], dim=1)
+            position = position + 1
+            valid[:, slot] = True
+            got = static.forward(
+                cache, column, position, torch.tensor([slot]), valid[:, None, None, :]
+            )
+            want = reference_logits(model, ids, real)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_columns_see_only_themselves_so_no_row_gets_nan():
+    mask = prefill_mask(torch, torch.tensor([[0, 0, 1, 1]]), 6)[0, 0]
+    assert mask[0].tolist() == [True, False, False, False, False, False]
+    assert mask[1].tolist() == [False, True, False, False, False, False]
+    assert mask[3].tolist() == [False, False, True, True, False, False]
+
+
+@pytest.mark.parametrize("seeds", [[1, 2, 3, 4, 5, 6], [99, 7, 7, 0, 31, 8]])
+def test_static_decode_samples_what_eager_decode_samples(tiny_model, seeds):
+    eager = TorchBackend(tiny_model.hf_dir, "cpu", decode="eager")
+    static = TorchBackend(tiny_model.hf_dir, "cpu", decode="static")
+    assert (eager.decode, static.decode) == ("eager", "static")
+    want = [g.text for g in eager.generate_batch(PROMPTS, SAMPLING, seeds)]
+    got = [g.text for g in static.generate_batch(PROMPTS, SAMPLING, seeds)]
+    assert got == want
+    assert static.generate(PROMPTS[2], SAMPLING, seeds[2]).text == want[2]
+    assert len(set(want)) > 1
+
+
+def test_decode_mode_choice():
+    assert resolve_decode_mode("auto", "cpu") == "eager"
+    assert resolve_decode_mode("", "cuda:1") == "graph"
+    assert resolve_decode_mode("STATIC", "cpu") == "static"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_decode_mode("graph", "cpu")
+    with pytest.raises(ValueError, match="unknown decode mode 'fast'"):
+        resolve_decode_mode("fast", "cpu")
+
+
+def test_decode_mode_comes_from_the_environment(tiny_model, monkeypatch):
+    monkeypatch.setenv("DTG_TORCH_DECODE", "static")
+    assert TorchBackend(tiny_model.hf_dir, "cpu").decode == "static"
+
+
+def test_cache_lengths_round_up_so_similar_jobs_share_a_graph():
+    assert cache_length(40, 100) == CACHE_LENGTH_STEP
+    assert cache_length(40, CACHE_LENGTH_STEP - 40) == CACHE_LENGTH_STEP
+    assert cache_length(41, CACHE_LENGTH_STEP - 40) == 2 * CACHE_LENGTH_STEP
+
+
+def llama_config(**fields):
+    base = dict(
+        model_type="llama",
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        hidden_size=64,
+        num_hidden_layers=2,
+        rope_theta=10000.0,
+    )
+    return SimpleNamespace(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"model_type": "mistral"}, "model type 'mistral'"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rotary scaling 'linear'"),
+        ({"rope_parameters": {"rope_type": "yarn"}}, "rotary scaling 'yarn'"),
+        ({"attention_bias": True}, "projection biases"),
+    ],
+)
+def test_models_outside_plain_llama_are_refused(fields, reason):
+    with pytest.raises(StaticDecodeUnsupported, match=reason):
+        llama_shape(llama_config(**fields))
+
+
+def test_rope_theta_is_read_from_either_config_style():
+    assert llama_shape(llama_config(rope_theta=500.0)).rope_theta == 500.0
+    newer = llama_config(rope_parameters={"rope_type": "default", "rope_theta": 250.0})
+    del newer.rope_theta
+    assert llama_shape(newer).rope_theta == 250.0
+
+
+def test_an_unsupported_model_falls_back_to_eager_and_still_generates(tiny_model, monkeypatch):
+    def refuse(config):
+        raise StaticDecodeUnsupported("test model")
+
+    monkeypatch.setattr("dtg_lib.backends.torch_static.llama_shape", refuse)
+    backend = TorchBackend(tiny_model.hf_dir, "cpu", decode="static")
+    assert backend.decode == "eager"
+    assert backend.generate(PROMPTS[0], SAMPLING, 1).completion_tokens > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_replay_samples_what_the_uncaptured_step_samples(tiny_model):
+    graph = TorchBackend(tiny_model.hf_dir, "cuda", dtype="fp32", decode="graph")
+    static = TorchBackend(tiny_model.hf_dir, "cuda", dtype="fp32", decode="static")
+    seeds = [3, 1, 4, 1, 5, 9]
+    want = [g.text for g in static.generate_batch(PROMPTS, SAMPLING, seeds)]
+    assert [g.text for g in graph.generate_batch(PROMPTS, SAMPLING, seeds)] == want
+    captured = graph._steps.capture_s
+    # A second job of the same shape replays the graph it already has.
+    assert [g.text for g in graph.generate_batch(PROMPTS, SAMPLING, seeds)] == want
+    assert graph._steps.capture_s == captured
