@@ -184,3 +184,18 @@ def test_graph_replay_samples_what_the_uncaptured_step_samples(tiny_model):
     # A second job of the same shape replays the graph it already has.
     assert [g.text for g in graph.generate_batch(PROMPTS, SAMPLING, seeds)] == want
     assert graph._steps.capture_s == captured
+
+
+def test_a_failed_graph_capture_falls_back_to_the_uncaptured_step(tiny_model, monkeypatch):
+    from dtg_lib.backends import torch_steps
+
+    def broken_capture(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch_steps, "DecodeGraph", broken_capture)
+    backend = TorchBackend(tiny_model.hf_dir, "cpu", decode="static")
+    want = backend.generate(PROMPTS[1], SAMPLING, 8).text
+    # As on a GPU: the factory is told to capture, and capture fails on first use.
+    backend._steps.mode = "graph"
+    assert backend.generate(PROMPTS[1], SAMPLING, 8).text == want
+    assert backend._steps.mode == "static"

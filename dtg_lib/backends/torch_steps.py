@@ -30,7 +30,7 @@ DECODE_MODES = ("auto", "eager", "static", "graph")
 # Cache lengths are rounded up to this, so that jobs of similar size share a graph.
 CACHE_LENGTH_STEP = 256
 # Captured graphs kept per backend; each holds a KV cache of its batch size.
-GRAPHS_KEPT = 3
+GRAPHS_KEPT = 2
 
 
 def resolve_decode_mode(mode: str, device: str) -> str:
@@ -157,7 +157,12 @@ class DecodeGraph:
                 self._run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # Thread-local: other threads of the host program (the webui's) may use
+        # CUDA while this one captures; only this thread's calls are the graph's.
+        options = {}
+        if "capture_error_mode" in inspect.signature(torch.cuda.graph).parameters:
+            options["capture_error_mode"] = "thread_local"
+        with torch.cuda.graph(self.graph, **options):
             logits = self._run()
         return logits
 
@@ -198,7 +203,9 @@ class StepFactory:
             return StaticSteps(self.torch, self._static, cache, None)
         try:
             graph = self._graph(batch, length)
-        except RuntimeError as exc:  # capture refused by this GPU, driver or torch build
+        # Capture meets each user's GPU, driver and torch build for the first time
+        # on their click; whatever goes wrong there, the uncaptured step still works.
+        except Exception as exc:
             log.warning("torch decode: CUDA graph capture failed (%s); running uncaptured", exc)
             self.mode = "static"
             self._graphs.clear()
