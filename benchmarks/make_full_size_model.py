@@ -16,6 +16,10 @@ dummy pieces to 32000, then DTG's six added tokens (ids 32000-32005 as in the
 real vocabulary), so the embedding and output matrices have the real size.
 
     python benchmarks/make_full_size_model.py [--out .cache/bench-model] [--seed 0]
+                                              [--hf-only]
+
+--hf-only writes OUT/hf alone: enough for the torch rows, and needs neither the
+gguf package nor llama-cpp-python (a lent GPU machine has neither).
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def random_model(seed: int) -> Any:
     return model.eval()
 
 
-def build(out: Path, seed: int) -> dict[str, Any]:
+def build(out: Path, seed: int, *, hf_only: bool = False) -> dict[str, Any]:
     import torch
 
     started = time.perf_counter()
@@ -105,13 +109,14 @@ def build(out: Path, seed: int) -> dict[str, Any]:
     tm._save_hf(model, out / "hf")
     with torch.no_grad():
         state = dict(model.state_dict())
-    files = {}
-    for kind in ("f16", "Q8_0"):
+    files: dict[str, Path] = {}
+    for kind in () if hf_only else ("f16", "Q8_0"):
         path = out / f"dtg-bench-{kind}.gguf"
         tm.write_gguf(path, state, model.config, vocab, kind, name="dtg-bench-random")
         files[kind] = path
-    files["Q6_K"] = out / "dtg-bench-Q6_K.gguf"
-    tm.quantize_gguf(files["f16"], files["Q6_K"], "Q6_K")
+    if not hf_only:
+        files["Q6_K"] = out / "dtg-bench-Q6_K.gguf"
+        tm.quantize_gguf(files["f16"], files["Q6_K"], "Q6_K")
     info = {
         "recipe": RECIPE,
         "seed": seed,
@@ -127,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hf-only", action="store_true", help="skip the GGUF files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    info = build(args.out, args.seed)
+    info = build(args.out, args.seed, hf_only=args.hf_only)
     print(f"{'file':<28}{'MB':>10}")
     for name in [*info["files"].values(), "hf/model.safetensors"]:
         print(f"{name:<28}{(args.out / name).stat().st_size / 1e6:>10.1f}")
