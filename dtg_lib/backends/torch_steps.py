@@ -149,6 +149,11 @@ class DecodeGraph:
         return self.static.forward(self.cache, self.ids, self.positions, self.slot, self.attend)
 
     def _capture(self) -> Any:
+        # Streams belong to the current device, which need not be the model's (cuda:1).
+        with self.torch.cuda.device(self.static.device):
+            return self._capture_here()
+
+    def _capture_here(self) -> Any:
         torch = self.torch
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -171,7 +176,8 @@ class DecodeGraph:
         self.positions.copy_(positions)
         self.slot.fill_(slot)
         self.attend.copy_(attend)
-        self.graph.replay()
+        with self.torch.cuda.device(self.static.device):  # replay uses the current stream
+            self.graph.replay()
         return self.logits.clone()
 
 
