@@ -199,3 +199,48 @@ def test_a_failed_graph_capture_falls_back_to_the_uncaptured_step(tiny_model, mo
     backend._steps.mode = "graph"
     assert backend.generate(PROMPTS[1], SAMPLING, 8).text == want
     assert backend._steps.mode == "static"
+
+
+class ReplayOnCpu:
+    """Stands in for torch.cuda.CUDAGraph: replay runs the recorded step again.
+
+    What a CUDA graph adds (launching recorded kernels) needs a GPU; what this
+    checks is everything around it: the fixed input buffers each step is copied
+    into, the slot written, the output read back, and reuse across jobs.
+    """
+
+    captures = 0
+
+    def __init__(self, decode_graph):
+        self.decode_graph = decode_graph
+
+    def replay(self):
+        self.decode_graph.logits.copy_(self.decode_graph._run())
+
+
+def test_graph_plumbing_replays_what_the_static_step_computes(tiny_model, monkeypatch):
+    import contextlib
+
+    from dtg_lib.backends import torch_steps
+
+    def capture_on_cpu(decode_graph):
+        ReplayOnCpu.captures += 1
+        decode_graph.graph = ReplayOnCpu(decode_graph)
+        return decode_graph._run()
+
+    monkeypatch.setattr(torch_steps.DecodeGraph, "_capture_here", capture_on_cpu)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    static = TorchBackend(tiny_model.hf_dir, "cpu", decode="static")
+    graphed = TorchBackend(tiny_model.hf_dir, "cpu", decode="static")
+    graphed._steps.mode = "graph"
+    seeds = [11, 12, 13, 14, 15, 16]
+    want = [g.text for g in static.generate_batch(PROMPTS, SAMPLING, seeds)]
+    assert [g.text for g in graphed.generate_batch(PROMPTS, SAMPLING, seeds)] == want
+    assert [g.text for g in graphed.generate_batch(PROMPTS, SAMPLING, seeds)] == want
+    assert ReplayOnCpu.captures == 1  # the second job of that shape reused the graph
+    for index in range(3):  # other batch sizes: new graphs, the oldest let go
+        graphed.generate(PROMPTS[index], SAMPLING, index)
+        graphed.generate_batch(PROMPTS[:2], SAMPLING, [index, index])
+    assert ReplayOnCpu.captures == 3
+    assert len(graphed._steps._graphs) == torch_steps.GRAPHS_KEPT
+    assert graphed._steps.mode == "graph"
