@@ -110,9 +110,26 @@ def test_static_decode_samples_what_eager_decode_samples(tiny_model, seeds):
 
 
 def test_decode_mode_choice():
-    assert resolve_decode_mode("auto", "cpu") == "eager"
-    assert resolve_decode_mode("", "cuda:1") == "graph"
+    assert resolve_decode_mode("auto", "cpu", "2.13.0+cpu") == "eager"
+    assert resolve_decode_mode("", "cuda:1", "2.11.0+cu130") == "graph"
     assert resolve_decode_mode("STATIC", "cpu") == "static"
+    assert resolve_decode_mode("graph", "cuda", "2.1.2+cu121") == "graph"  # asked by name
+
+
+@pytest.mark.parametrize(
+    "version, graphs",
+    [
+        ("2.1.2+cu121", False),
+        ("2.5.1", False),
+        ("2.6.0", True),
+        ("2.10.0a0+git", True),
+        ("3.0", True),
+        ("", False),
+        ("unknown", False),
+    ],
+)
+def test_auto_captures_graphs_only_with_a_torch_that_survives_a_refused_capture(version, graphs):
+    assert resolve_decode_mode("auto", "cuda", version) == ("graph" if graphs else "eager")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_decode_mode("graph", "cpu")
     with pytest.raises(ValueError, match="unknown decode mode 'fast'"):
@@ -175,15 +192,26 @@ def test_an_unsupported_model_falls_back_to_eager_and_still_generates(tiny_model
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_graph_replay_samples_what_the_uncaptured_step_samples(tiny_model):
-    graph = TorchBackend(tiny_model.hf_dir, "cuda", dtype="fp32", decode="graph")
-    static = TorchBackend(tiny_model.hf_dir, "cuda", dtype="fp32", decode="static")
+    import warnings
+
     seeds = [3, 1, 4, 1, 5, 9]
-    want = [g.text for g in static.generate_batch(PROMPTS, SAMPLING, seeds)]
-    assert [g.text for g in graph.generate_batch(PROMPTS, SAMPLING, seeds)] == want
-    captured = graph._steps.capture_s
-    # A second job of the same shape replays the graph it already has.
-    assert [g.text for g in graph.generate_batch(PROMPTS, SAMPLING, seeds)] == want
-    assert graph._steps.capture_s == captured
+    for dtype in ("fp32", "fp16"):
+        graph = TorchBackend(tiny_model.hf_dir, "cuda", dtype=dtype, decode="graph")
+        static = TorchBackend(tiny_model.hf_dir, "cuda", dtype=dtype, decode="static")
+        want = [g.text for g in static.generate_batch(PROMPTS, SAMPLING, seeds)]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*CUDA Graph is empty.*")
+            assert [g.text for g in graph.generate_batch(PROMPTS, SAMPLING, seeds)] == want
+        assert graph.decode == "graph", "the capture failed and fell back"
+        captured = graph._steps.capture_s
+        # A second job of the same shape replays the graph it already has.
+        assert [g.text for g in graph.generate_batch(PROMPTS, SAMPLING, seeds)] == want
+        assert graph._steps.capture_s == captured
+        assert (
+            graph.generate(PROMPTS[0], SAMPLING, 7).text
+            == static.generate(PROMPTS[0], SAMPLING, 7).text
+        )
+        assert len(graph._steps._graphs) == 2
 
 
 def test_a_failed_graph_capture_falls_back_to_the_uncaptured_step(tiny_model, monkeypatch):
@@ -244,3 +272,17 @@ def test_graph_plumbing_replays_what_the_static_step_computes(tiny_model, monkey
     assert ReplayOnCpu.captures == 3
     assert len(graphed._steps._graphs) == torch_steps.GRAPHS_KEPT
     assert graphed._steps.mode == "graph"
+
+
+def test_running_out_of_memory_while_capturing_is_an_error_not_a_downgrade(tiny_model, monkeypatch):
+    from dtg_lib.backends import torch_steps
+
+    def out_of_memory(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 400.00 MiB")
+
+    monkeypatch.setattr(torch_steps, "DecodeGraph", out_of_memory)
+    backend = TorchBackend(tiny_model.hf_dir, "cpu", decode="static")
+    backend._steps.mode = "graph"
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        backend.generate(PROMPTS[0], SAMPLING, 1)
+    assert backend.decode == "graph"  # the next job, with memory freed, captures again

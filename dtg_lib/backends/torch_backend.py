@@ -142,11 +142,11 @@ class TorchBackend:
         if n_threads:
             torch.set_num_threads(n_threads)
         self.dtype = resolve_dtype(torch, self.device, dtype)
-        self.decode = resolve_decode_mode(decode or os.environ.get(DECODE_ENV, ""), self.device)
+        wanted = decode or os.environ.get(DECODE_ENV, "")
+        self._decode = resolve_decode_mode(wanted, self.device, torch.__version__)
         self._lock = threading.Lock()
         self._tokenizer, self._model = self._load()
-        self._steps = StepFactory(torch, self._model, self.decode)
-        self.decode = self._steps.mode
+        self._steps = StepFactory(torch, self._model, self._decode)
         self.context = int(
             getattr(self._model.config, "max_position_embeddings", 0) or DEFAULT_CONTEXT
         )
@@ -158,6 +158,11 @@ class TorchBackend:
             self.decode,
             getattr(self._model.config, "hidden_act", "?"),
         )
+
+    @property
+    def decode(self) -> str:
+        """The decode path in use: a failed capture or an unusual model changes it."""
+        return self._steps.mode if self._steps is not None else self._decode
 
     def _load(self) -> tuple[Any, Any]:
         transformers = self._transformers
@@ -210,7 +215,9 @@ class TorchBackend:
             decoder = BatchDecoder(self._torch, self._steps, self.device, tokenizer.eos_token_id)
             rows = decoder.rows(encoded, budgets, seeds)
             clock = Stopwatch()
-            with self._torch.no_grad():
+            # inference_mode, not no_grad: a kept graph's buffers are made in the
+            # first job and must be written by later ones in the same mode.
+            with self._torch.inference_mode():
                 decoder.run(rows, sampling, clock)
             clock.stop()
             share = 1 / len(rows)

@@ -123,15 +123,30 @@ class BatchDecoder:
         probs = torch.softmax(filter_scores(torch, logits, history, sampling), dim=-1)
         live = [index for index, row in enumerate(rows) if not row.done]
         column = torch.full((len(rows), 1), self.eos, dtype=torch.long, device=logits.device)
-        for index in live:
-            draw = torch.multinomial(probs[index : index + 1], 1, generator=rows[index].generator)
-            column[index] = draw[0]
+        if live:
+            column[live, 0] = self._draw(probs[live], [rows[index].generator for index in live])
         drawn = column[:, 0].tolist()
         for index in live:
             row = rows[index]
             row.new.append(drawn[index])
             row.done = drawn[index] == self.eos or len(row.new) >= row.budget
         return column
+
+    def _draw(self, probs: Any, generators: list[Any]) -> Any:
+        """One token per row of `probs`, each row drawn with its own generator.
+
+        The race of exponential clocks: the token whose probability over an
+        Exp(1) draw is largest wins, which picks each token with its probability.
+        It is what torch.multinomial does for one sample, without the host checks
+        that make multinomial wait for the GPU on every call.
+        """
+        torch = self.torch
+        clocks = torch.cat(
+            [torch.empty_like(probs[:1]).exponential_(generator=gen) for gen in generators]
+        )
+        # An exact 0 would make a banned token (probability 0) win with 0/0 = NaN.
+        clocks.clamp_(min=torch.finfo(clocks.dtype).tiny)
+        return (probs / clocks).argmax(dim=-1)
 
     def _histories(self, rows: list[Row], device: Any) -> Any:
         """Every row's tokens so far, padded with its own first token.

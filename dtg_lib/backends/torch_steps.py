@@ -9,14 +9,16 @@ Three ways to run them, chosen per backend by `decode_mode`:
   (batch size, cache length) and replayed; capture takes a fraction of a second
   instead of a compiler's tens of seconds.
 
-"auto" is "graph" on CUDA and "eager" elsewhere: on a CPU the Python overhead is
-small next to the matmuls, and eager is what transformers itself runs.
+"auto" is "graph" on CUDA with torch 2.6 or later and "eager" elsewhere: on a CPU
+the Python overhead is small next to the matmuls, and older torch cannot recover
+from a refused capture (see `graphs_by_default`).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -31,17 +33,32 @@ DECODE_MODES = ("auto", "eager", "static", "graph")
 CACHE_LENGTH_STEP = 256
 # Captured graphs kept per backend; each holds a KV cache of its batch size.
 GRAPHS_KEPT = 2
+GRAPHS_SINCE = (2, 6)  # the first torch that "auto" captures graphs with
 
 
-def resolve_decode_mode(mode: str, device: str) -> str:
+def resolve_decode_mode(mode: str, device: str, torch_version: str = "") -> str:
     mode = (mode or "auto").lower()
     if mode not in DECODE_MODES:
         raise ValueError(f"unknown decode mode {mode!r}: use one of {', '.join(DECODE_MODES)}")
     if mode == "auto":
-        return "graph" if device.startswith("cuda") else "eager"
+        return (
+            "graph" if device.startswith("cuda") and graphs_by_default(torch_version) else "eager"
+        )
     if mode == "graph" and not device.startswith("cuda"):
         raise ValueError("decode mode 'graph' needs a CUDA device; use 'static' or 'eager'")
     return mode
+
+
+def graphs_by_default(torch_version: str) -> bool:
+    """Whether "auto" captures graphs with this torch.
+
+    Before 2.6 a capture that CUDA refuses leaves torch's allocator believing a
+    capture is still under way, and the host's next `empty_cache()` (the webui
+    calls it after every job) fails from then on. Those versions (AUTOMATIC1111
+    1.10 ships 2.1, Forge 2.3) get eager unless graphs are asked for by name.
+    """
+    release = re.match(r"(\d+)\.(\d+)", torch_version or "")
+    return bool(release) and (int(release[1]), int(release[2])) >= GRAPHS_SINCE
 
 
 def cache_length(width: int, budget: int) -> int:
@@ -125,7 +142,7 @@ class StaticSteps:
         attend = self._valid[:, None, None, :]
         if self.graph is not None:
             return self.graph.replay(column, self._position, slot, attend)
-        slots = self.torch.tensor([slot], device=column.device)
+        slots = self.torch.arange(slot, slot + 1, device=column.device)
         return self.static.forward(self.cache, column, self._position, slots, attend)
 
 
@@ -167,8 +184,17 @@ class DecodeGraph:
         options = {}
         if "capture_error_mode" in inspect.signature(torch.cuda.graph).parameters:
             options["capture_error_mode"] = "thread_local"
-        with torch.cuda.graph(self.graph, **options):
-            logits = self._run()
+        # Our own stream, made on the model's device: torch's shared capture
+        # stream lives on whichever device first captured, and a graph captured
+        # there from another device's tensors records nothing.
+        previous = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(self.graph, stream=side, **options):
+                logits = self._run()
+        finally:
+            # A failed capture_end leaves the capture stream current in torch's
+            # context manager; the webui's own work must not land on it.
+            torch.cuda.set_stream(previous)
         return logits
 
     def replay(self, column: Any, positions: Any, slot: int, attend: Any) -> Any:
@@ -207,16 +233,29 @@ class StepFactory:
         if self.mode == "static":
             cache = self._static.new_cache(batch, length)
             return StaticSteps(self.torch, self._static, cache, None)
+        graph = self._graph_or_none(batch, length)
+        if graph is None:
+            return self.steps(batch, width, budget)
+        return StaticSteps(self.torch, self._static, graph.cache, graph)
+
+    def _graph_or_none(self, batch: int, length: int) -> DecodeGraph | None:
+        """The graph for this shape; None after a failed capture turned graphs off."""
         try:
-            graph = self._graph(batch, length)
+            return self._graph(batch, length)
+        except self.torch.cuda.OutOfMemoryError:
+            self._graphs.clear()  # the memory they hold is what the job lacks
+            raise
         # Capture meets each user's GPU, driver and torch build for the first time
         # on their click; whatever goes wrong there, the uncaptured step still works.
         except Exception as exc:
-            log.warning("torch decode: CUDA graph capture failed (%s); running uncaptured", exc)
-            self.mode = "static"
-            self._graphs.clear()
-            return self.steps(batch, width, budget)
-        return StaticSteps(self.torch, self._static, graph.cache, graph)
+            log.warning(
+                "torch decode: CUDA graph capture failed (%s); running uncaptured from now on. "
+                "If CUDA errors follow, restart with DTG_TORCH_DECODE=static or eager",
+                exc,
+            )
+        self.mode = "static"
+        self._graphs.clear()
+        return None
 
     def _graph(self, batch: int, length: int) -> DecodeGraph:
         key = (batch, length)
