@@ -28,6 +28,7 @@ from dtg_lib.backends.torch_steps import (  # noqa: E402
     cache_length,
     resolve_decode_mode,
 )
+from dtg_lib.settings import SamplingSettings  # noqa: E402
 
 
 def random_llama(kv_heads: int, act: str = "mish"):
@@ -266,12 +267,44 @@ def test_graph_plumbing_replays_what_the_static_step_computes(tiny_model, monkey
     assert [g.text for g in graphed.generate_batch(PROMPTS, SAMPLING, seeds)] == want
     assert [g.text for g in graphed.generate_batch(PROMPTS, SAMPLING, seeds)] == want
     assert ReplayOnCpu.captures == 1  # the second job of that shape reused the graph
-    for index in range(3):  # other batch sizes: new graphs, the oldest let go
-        graphed.generate(PROMPTS[index], SAMPLING, index)
-        graphed.generate_batch(PROMPTS[:2], SAMPLING, [index, index])
-    assert ReplayOnCpu.captures == 3
-    assert len(graphed._steps._graphs) == torch_steps.GRAPHS_KEPT
+    # A job's batch shrinks round by round: 5, 3, 2 and 1 rows run as 8, 4, 2 and 1.
+    for count in (5, 3, 2, 1, 5, 3, 2, 1):
+        got = graphed.generate_batch(PROMPTS[:count], SAMPLING, seeds[:count])
+        assert [g.text for g in got] == [
+            g.text for g in static.generate_batch(PROMPTS[:count], SAMPLING, seeds[:count])
+        ]
+    assert ReplayOnCpu.captures == 4  # batch sizes 8, 4, 2, 1, each captured once
+    assert sorted(graphed._steps._graphs) == [(1, 256), (2, 256), (4, 256), (8, 256)]
+    caches = {
+        graph.cache.keys.untyped_storage().data_ptr() for graph in graphed._steps._graphs.values()
+    }
+    assert len(caches) == 1  # all of them write into one KV cache
     assert graphed._steps.mode == "graph"
+
+
+def test_a_longer_job_grows_the_shared_cache_and_recaptures(tiny_model, monkeypatch):
+    import contextlib
+
+    from dtg_lib.backends import torch_steps
+
+    captured = []
+
+    def capture_on_cpu(decode_graph):
+        captured.append((decode_graph.cache.batch, decode_graph.cache.length))
+        decode_graph.graph = ReplayOnCpu(decode_graph)
+        return decode_graph._run()
+
+    monkeypatch.setattr(torch_steps.DecodeGraph, "_capture_here", capture_on_cpu)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    graphed = TorchBackend(tiny_model.hf_dir, "cpu", decode="static")
+    graphed._steps.mode = "graph"
+    short = SamplingSettings(temperature=1.0, max_new_tokens=8)
+    longer = SamplingSettings(temperature=1.0, max_new_tokens=300)
+    graphed.generate_batch(PROMPTS[:2], short, [1, 2])
+    graphed.generate_batch(PROMPTS[:2], longer, [1, 2])
+    graphed.generate_batch(PROMPTS[:2], short, [1, 2])  # fits the grown cache: no capture
+    assert captured == [(2, 256), (2, 512)]
+    assert sorted(graphed._steps._graphs) == [(2, 512)]
 
 
 def test_running_out_of_memory_while_capturing_is_an_error_not_a_downgrade(tiny_model, monkeypatch):

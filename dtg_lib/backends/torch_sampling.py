@@ -94,6 +94,9 @@ class BatchDecoder:
     def run(self, rows: list[Row], sampling: SamplingSettings, clock: Stopwatch) -> None:
         """Fill each row's `new` until its EOS or budget; finished rows idle on EOS."""
         torch = self.torch
+        # Idle rows up to the batch size a captured graph runs at; they draw nothing.
+        idle = self.steps.padded_batch(len(rows)) - len(rows)
+        rows = [*rows, *(Row(list(rows[0].prompt), 0, None, done=True) for _ in range(idle))]
         width = max(len(row.prompt) for row in rows)
         ids = torch.tensor([[self.eos] * (width - len(r.prompt)) + r.prompt for r in rows])
         real = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])

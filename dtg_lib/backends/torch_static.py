@@ -165,6 +165,14 @@ class StaticCache:
     def length(self) -> int:
         return int(self.keys.shape[3])
 
+    @property
+    def batch(self) -> int:
+        return int(self.keys.shape[1])
+
+    def first_rows(self, batch: int) -> StaticCache:
+        """A view of the first `batch` rows: each layer's slice is still contiguous."""
+        return StaticCache(self.keys[:, :batch], self.values[:, :batch])
+
 
 def prefill_mask(torch: Any, real: Any, length: int) -> Any:
     """(batch, 1, width, length) attention for a left-padded prompt of `width` columns.

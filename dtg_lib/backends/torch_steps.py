@@ -31,8 +31,8 @@ log = logging.getLogger("dtg")
 DECODE_MODES = ("auto", "eager", "static", "graph")
 # Cache lengths are rounded up to this, so that jobs of similar size share a graph.
 CACHE_LENGTH_STEP = 256
-# Captured graphs kept per backend; each holds a KV cache of its batch size.
-GRAPHS_KEPT = 2
+# Captured graphs kept per backend (batch sizes 1, 2, 4 ... 32); they share one KV cache.
+GRAPHS_KEPT = 6
 GRAPHS_SINCE = (2, 6)  # the first torch that "auto" captures graphs with
 
 
@@ -149,10 +149,9 @@ class StaticSteps:
 class DecodeGraph:
     """One captured decode step for a fixed batch size and cache length."""
 
-    def __init__(self, torch: Any, static: StaticLlama, batch: int, length: int) -> None:
-        self.torch, self.static = torch, static
-        device = static.device
-        self.cache = static.new_cache(batch, length)
+    def __init__(self, torch: Any, static: StaticLlama, cache: StaticCache) -> None:
+        self.torch, self.static, self.cache = torch, static, cache
+        device, batch, length = static.device, cache.batch, cache.length
         self.ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.positions = torch.zeros((batch, 1), dtype=torch.long, device=device)
         # The warm-up and capture runs write a real step into the last slot, which
@@ -207,17 +206,29 @@ class DecodeGraph:
         return self.logits.clone()
 
 
+def batch_bucket(batch: int) -> int:
+    """The captured batch size a batch runs at: the next power of two."""
+    return 1 << max(batch - 1, 0).bit_length()
+
+
 class StepFactory:
     """Makes the steps for each batch; owns the static model view and captured graphs.
 
     One per loaded model, used under the backend's lock. A model the static path
     cannot run falls back to eager once, with a log line saying why.
+
+    A webui job's batch shrinks as its expansions finish (8, 6, 3, 1 prompts in
+    successive rounds) and its prompts grow. So graphs are captured for batch
+    sizes rounded up to a power of two (the decoder pads with idle rows), and all
+    of them share one KV cache, the first rows of it for the smaller sizes: the
+    GPU holds one cache, and a job's rounds replay graphs captured before.
     """
 
     def __init__(self, torch: Any, model: Any, mode: str) -> None:
         self.torch, self.model, self.mode = torch, model, mode
         self._static: StaticLlama | None = None
         self._graphs: OrderedDict[tuple[int, int], DecodeGraph] = OrderedDict()
+        self._cache: StaticCache | None = None
         self.capture_s = 0.0
         if mode != "eager":
             try:
@@ -225,6 +236,10 @@ class StepFactory:
             except StaticDecodeUnsupported as exc:
                 log.info("torch decode: %s not supported by the static path; using eager", exc)
                 self.mode = "eager"
+
+    def padded_batch(self, batch: int) -> int:
+        """How many rows the decoder should run for `batch` prompts."""
+        return batch_bucket(batch) if self.mode == "graph" else batch
 
     def steps(self, batch: int, width: int, budget: int) -> EagerSteps | StaticSteps:
         if self._static is None:
@@ -243,7 +258,7 @@ class StepFactory:
         try:
             return self._graph(batch, length)
         except self.torch.cuda.OutOfMemoryError:
-            self._graphs.clear()  # the memory they hold is what the job lacks
+            self.clear()  # the memory they hold is what the job lacks
             raise
         # Capture meets each user's GPU, driver and torch build for the first time
         # on their click; whatever goes wrong there, the uncaptured step still works.
@@ -254,17 +269,32 @@ class StepFactory:
                 exc,
             )
         self.mode = "static"
-        self._graphs.clear()
+        self.clear()
         return None
 
+    def _shared_cache(self, batch: int, length: int) -> StaticCache:
+        """A cache with room for `batch` rows and at least `length` slots."""
+        old = self._cache
+        if old is not None and old.batch >= batch and old.length >= length:
+            return old
+        if old is not None:
+            batch, length = max(batch, old.batch), max(length, old.length)
+        # The graphs write into the old cache; they go with it, before the new one
+        # takes its memory.
+        self.clear()
+        old = None
+        self._cache = self._static.new_cache(batch, length)
+        return self._cache
+
     def _graph(self, batch: int, length: int) -> DecodeGraph:
-        key = (batch, length)
+        cache = self._shared_cache(batch, length)
+        key = (batch, cache.length)
         graph = self._graphs.pop(key, None)
         if graph is None:
             while len(self._graphs) >= GRAPHS_KEPT:
                 self._graphs.popitem(last=False)
             started = time.perf_counter()
-            graph = DecodeGraph(self.torch, self._static, batch, length)
+            graph = DecodeGraph(self.torch, self._static, cache.first_rows(batch))
             took = time.perf_counter() - started
             self.capture_s += took
             log.info("captured the decode step for batch %d, cache %d in %.2f s", *key, took)
@@ -273,3 +303,4 @@ class StepFactory:
 
     def clear(self) -> None:
         self._graphs.clear()
+        self._cache = None
