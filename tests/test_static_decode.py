@@ -319,3 +319,21 @@ def test_running_out_of_memory_while_capturing_is_an_error_not_a_downgrade(tiny_
     with pytest.raises(torch.cuda.OutOfMemoryError):
         backend.generate(PROMPTS[0], SAMPLING, 1)
     assert backend.decode == "graph"  # the next job, with memory freed, captures again
+
+
+def test_the_exponential_race_draws_what_multinomial_draws_on_the_cpu():
+    from dtg_lib.backends.torch_sampling import BatchDecoder
+
+    decoder = BatchDecoder(torch, None, "cpu", eos=2)
+    scores = torch.randn(4, 500, generator=torch.Generator().manual_seed(0)) * 3
+    scores[:, :10] = float("-inf")  # filtered tokens: probability 0, never drawn
+    probs = torch.softmax(scores, dim=-1)
+    for seed in range(50):
+        ours = [torch.Generator().manual_seed(seed + row) for row in range(4)]
+        theirs = [torch.Generator().manual_seed(seed + row) for row in range(4)]
+        drawn = decoder._draw(probs, ours).tolist()
+        want = [
+            torch.multinomial(probs[r : r + 1], 1, generator=theirs[r]).item() for r in range(4)
+        ]
+        assert drawn == want
+        assert min(drawn) >= 10
