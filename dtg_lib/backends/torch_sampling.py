@@ -118,22 +118,22 @@ class BatchDecoder:
         The filters run on the whole batch at once (each acts within a row), the
         draws use each row's own generator, and the tokens come back in one
         transfer, so a batch waits for the GPU once a step rather than once a row.
+        Finished rows draw too (their results are final, so what they draw and
+        are fed next is never read): picking out the live rows by index would
+        copy the index to the GPU and wait for it, once more every step.
         """
         torch = self.torch
         history = None
         if sampling.repetition_penalty != 1.0:
             history = self._histories(rows, logits.device)
         probs = torch.softmax(filter_scores(torch, logits, history, sampling), dim=-1)
-        live = [index for index, row in enumerate(rows) if not row.done]
-        column = torch.full((len(rows), 1), self.eos, dtype=torch.long, device=logits.device)
-        if live:
-            column[live, 0] = self._draw(probs[live], [rows[index].generator for index in live])
-        drawn = column[:, 0].tolist()
-        for index in live:
-            row = rows[index]
-            row.new.append(drawn[index])
-            row.done = drawn[index] == self.eos or len(row.new) >= row.budget
-        return column
+        column = self._draw(probs, [row.generator for row in rows])
+        drawn = column.tolist()
+        for row, token in zip(rows, drawn):
+            if not row.done:
+                row.new.append(token)
+                row.done = token == self.eos or len(row.new) >= row.budget
+        return column[:, None]
 
     def _draw(self, probs: Any, generators: list[Any]) -> Any:
         """One token per row of `probs`, each row drawn with its own generator.
@@ -141,11 +141,17 @@ class BatchDecoder:
         The race of exponential clocks: the token whose probability over an
         Exp(1) draw is largest wins, which picks each token with its probability.
         It is what torch.multinomial does for one sample, without the host checks
-        that make multinomial wait for the GPU on every call.
+        that make multinomial wait for the GPU on every call. A row without a
+        generator (an idle padding row) takes its likeliest token.
         """
         torch = self.torch
         clocks = torch.cat(
-            [torch.empty_like(probs[:1]).exponential_(generator=gen) for gen in generators]
+            [
+                torch.ones_like(probs[:1])
+                if gen is None
+                else torch.empty_like(probs[:1]).exponential_(generator=gen)
+                for gen in generators
+            ]
         )
         # An exact 0 would make a banned token (probability 0) win with 0/0 = NaN.
         clocks.clamp_(min=torch.finfo(clocks.dtype).tiny)

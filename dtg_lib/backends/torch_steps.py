@@ -6,8 +6,8 @@ Three ways to run them, chosen per backend by `decode_mode`:
   model transformers can load; the reference the others are tested against.
 - "static": `StaticLlama` over a preallocated cache. Same arithmetic, fixed shapes.
 - "graph": "static" with the decode step captured once as a CUDA graph per
-  (batch size, cache length) and replayed; capture takes a fraction of a second
-  instead of a compiler's tens of seconds.
+  batch size (see `StepFactory`) and replayed; capture takes a fraction of a
+  second instead of a compiler's tens of seconds.
 
 "auto" is "graph" on CUDA with torch 2.6 or later and "eager" elsewhere: on a CPU
 the Python overhead is small next to the matmuls, and older torch cannot recover
@@ -279,10 +279,10 @@ class StepFactory:
             return old
         if old is not None:
             batch, length = max(batch, old.batch), max(length, old.length)
-        # The graphs write into the old cache; they go with it, before the new one
-        # takes its memory.
+        # The graphs write into the old cache; they go with it (this frame's
+        # reference too) before the new one takes its memory.
         self.clear()
-        old = None
+        del old
         self._cache = self._static.new_cache(batch, length)
         return self._cache
 
