@@ -123,6 +123,38 @@ def test_a_batch_equals_its_prompts_one_by_one(torch_backend, sampling):
 
 @pytest.mark.torch
 @pytest.mark.slow
+def test_repetition_penalty_sees_each_rows_tokens_as_transformers_does(torch_backend):
+    """Greedy decoding (top-k 1) with a penalty: every step must penalise the row's
+    prompt and all it drew so far, as transformers' greedy generate does alone."""
+    import torch
+
+    penalised = SamplingSettings(temperature=1.0, top_k=1, repetition_penalty=1.5)
+    ours = torch_backend.generate_batch(PROMPTS, penalised, list(range(len(PROMPTS))))
+    tokenizer, model = torch_backend._tokenizer, torch_backend._model
+    expected = []
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            repetition_penalty=1.5,
+            max_new_tokens=penalised.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+        new = out[0, ids.shape[1] :].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        expected.append(tokenizer.decode(new, clean_up_tokenization_spaces=False))
+    assert [g.text for g in ours] == expected
+    plain = SamplingSettings(temperature=1.0, top_k=1)
+    unpenalised = torch_backend.generate_batch(PROMPTS, plain, list(range(len(PROMPTS))))
+    assert [g.text for g in unpenalised] != expected
+
+
+@pytest.mark.torch
+@pytest.mark.slow
 def test_a_row_finishing_early_does_not_change_the_others(torch_backend):
     seeds = [3, 1000, 77, 5, 123456789, 42]
     batch = torch_backend.generate_batch(PROMPTS, SAMPLING, seeds)

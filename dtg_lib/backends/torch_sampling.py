@@ -103,16 +103,22 @@ class BatchDecoder:
         ids, real = ids.to(self.device), real.to(self.device)
         positions = (real.cumsum(-1) - 1).clamp(min=0)
         budget = max(row.budget for row in rows)
+        history = None
+        if sampling.repetition_penalty != 1.0:
+            history = self._history(rows, width, budget)
         steps = self.steps.steps(len(rows), width, budget)
         logits = steps.prefill(ids, real, positions)
         for step in range(budget):
-            column = self._sample(rows, logits, sampling)
+            seen = None if history is None else history[:, : width + step]
+            column = self._sample(rows, logits, sampling, seen)
             clock.mark_first_token()
             if all(row.done for row in rows) or step == budget - 1:
                 break
+            if history is not None:
+                history[:, width + step] = column[:, 0]
             logits = steps.step(column)
 
-    def _sample(self, rows: list[Row], logits: Any, sampling: SamplingSettings) -> Any:
+    def _sample(self, rows: list[Row], logits: Any, sampling: SamplingSettings, seen: Any) -> Any:
         """Draw each unfinished row's next token; the column fed to the next step.
 
         The filters run on the whole batch at once (each acts within a row), the
@@ -123,10 +129,7 @@ class BatchDecoder:
         copy the index to the GPU and wait for it, once more every step.
         """
         torch = self.torch
-        history = None
-        if sampling.repetition_penalty != 1.0:
-            history = self._histories(rows, logits.device)
-        probs = torch.softmax(filter_scores(torch, logits, history, sampling), dim=-1)
+        probs = torch.softmax(filter_scores(torch, logits, seen, sampling), dim=-1)
         column = self._draw(probs, [row.generator for row in rows])
         drawn = column.tolist()
         for row, token in zip(rows, drawn):
@@ -157,12 +160,16 @@ class BatchDecoder:
         clocks.clamp_(min=torch.finfo(clocks.dtype).tiny)
         return (probs / clocks).argmax(dim=-1)
 
-    def _histories(self, rows: list[Row], device: Any) -> Any:
-        """Every row's tokens so far, padded with its own first token.
+    def _history(self, rows: list[Row], width: int, budget: int) -> Any:
+        """Room for every row's tokens, prompts filled in; each step writes one column.
 
-        A repeated index is penalised once all the same, so the padding changes nothing.
+        It lives on the device so a step adds its column there instead of sending
+        the whole history over again. Left padding holds the row's own first
+        token: a repeated index is penalised once all the same, so it changes
+        nothing. A finished row's later columns hold what it drew after it
+        finished, which only its own (final, unread) scores see.
         """
-        seen = [row.prompt + row.new for row in rows]
-        width = max(len(tokens) for tokens in seen)
-        padded = [tokens + [tokens[0]] * (width - len(tokens)) for tokens in seen]
-        return self.torch.tensor(padded, device=device)
+        padded = [[row.prompt[0]] * (width - len(row.prompt)) + row.prompt for row in rows]
+        history = self.torch.empty((len(rows), width + budget), dtype=self.torch.long)
+        history[:, :width] = self.torch.tensor(padded)
+        return history.to(self.device)
