@@ -14,7 +14,8 @@ short warm-up, and reports medians over --runs:
 
 "floor" is the time to stream every weight read per token once (all tensors
 but the embedding table, of which one row is read) at the memory bandwidth of
-a numpy copy; "x floor" = decode ms/token / floor ms.
+a large copy (numpy on the CPU, torch on --device cuda: the GPU's own memory);
+"x floor" = decode ms/token / floor ms.
 
     python benchmarks/make_full_size_model.py      # once, ~1 minute
     python benchmarks/bench_backends.py [--runs 3] [--only llama|torch] [--device cuda]
@@ -65,8 +66,10 @@ def dtg_prompt(count_tokens: Any, wanted: int = PROMPT_TOKENS) -> str:
 # ---------------------------------------------------------------- measurements
 
 
-def memory_bandwidth() -> float:
-    """Bytes per second of a large numpy copy (read + write), median of 5."""
+def memory_bandwidth(device: str = "cpu") -> float:
+    """Bytes per second of a large copy (read + write) in the device's memory, median of 5."""
+    if device.startswith("cuda"):
+        return gpu_memory_bandwidth(device)
     import numpy as np
 
     source = np.ones(256 * 1024 * 1024 // 8, dtype=np.float64)  # 256 MiB, past any cache
@@ -77,6 +80,25 @@ def memory_bandwidth() -> float:
         np.copyto(target, source)
         times.append(time.perf_counter() - started)
     return 2 * source.nbytes / statistics.median(times)
+
+
+def gpu_memory_bandwidth(device: str) -> float:
+    import torch
+
+    source = torch.ones(1024 * 1024 * 1024 // 4, dtype=torch.float32, device=device)  # 1 GiB
+    target = torch.empty_like(source)
+    target.copy_(source)  # first touch
+    times = []
+    for _ in range(5):
+        torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        target.copy_(source)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    bandwidth = 2 * source.numel() * source.element_size() / statistics.median(times)
+    del source, target
+    torch.cuda.empty_cache()
+    return bandwidth
 
 
 def gguf_bytes_per_token(path: Path) -> int:
@@ -192,7 +214,11 @@ def raw_transformers(path: Path, device: str, dtype: str, runs: int) -> dict:
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     started = time.perf_counter()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    from dtg_lib.backends.torch_backend import dtype_keyword
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, **{dtype_keyword(transformers): torch_dtype}
+    )
     model = model.to(device).eval()
     load_s = time.perf_counter() - started
     prompt = dtg_prompt(lambda text: len(tokenizer(text)["input_ids"]))
@@ -285,7 +311,7 @@ def measure(row: dict, timeout: float) -> dict:
 
 
 def print_table(rows: list[dict], bandwidth: float) -> None:
-    print(f"memory bandwidth (numpy copy, read+write): {bandwidth / 1e9:.1f} GB/s")
+    print(f"memory bandwidth (large copy, read+write): {bandwidth / 1e9:.1f} GB/s")
     header = (
         f"{'engine':<18}{'model':<6}{'load s':>8}{'prompt':>8}{'eval ms':>9}"
         f"{'new':>5}{'ms/tok':>8}{'tok/s':>7}{'floor ms':>9}{'x floor':>8}{'RSS MB':>8}"
@@ -321,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model_dir / "build-info.json").is_file():
         parser.error(f"no model in {args.model_dir}: run benchmarks/make_full_size_model.py")
     print(f"{os.cpu_count()} cores, device {args.device}, {args.runs} runs per row (medians)")
-    bandwidth = memory_bandwidth()
+    bandwidth = memory_bandwidth(args.device)
     rows = []
     dtypes = tuple(args.dtypes.split(",")) if args.dtypes else TORCH_DTYPES
     for row in plan(args.model_dir, args.only, dtypes):

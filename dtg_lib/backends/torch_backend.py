@@ -113,7 +113,7 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _dtype_keyword(transformers: Any) -> str:
+def dtype_keyword(transformers: Any) -> str:
     # Transformers 5 renamed `torch_dtype` to `dtype`; 4.x only knows the old name.
     major = str(getattr(transformers, "__version__", "4")).split(".", 1)[0]
     return "dtype" if major.isdigit() and int(major) >= 5 else "torch_dtype"
@@ -172,7 +172,7 @@ class TorchBackend:
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 self.model_path,
                 use_safetensors=True,
-                **{_dtype_keyword(transformers): self.dtype},
+                **{dtype_keyword(transformers): self.dtype},
                 **common,
             )
         except _load_errors() as exc:
