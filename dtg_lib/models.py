@@ -568,14 +568,7 @@ def _download_gguf(
     hub: Any, entry: ModelEntry, filename: str, folder: Path, progress: ProgressFn | None
 ) -> Path:
     path = _fetch_file(hub, entry.repo_id, filename, folder, progress)
-    try:
-        validate_model_file(path, GGUF_KIND)
-    except ModelCorrupt as exc:
-        _discard(folder, [filename])
-        raise ModelCorrupt(
-            f"The hub at {_endpoint_text()} sent a broken {filename} for {entry.repo_id}; "
-            f"it was deleted. {exc}"
-        ) from exc
+    _keep_if_valid(path, GGUF_KIND, [filename], f"a broken {filename} for {entry.repo_id}; it was")
     log.info("Model %s ready at %s", entry.repo_id, path)
     return path
 
@@ -589,16 +582,19 @@ def _download_hf_folder(
     for name in HF_OPTIONAL_FILES:
         with contextlib.suppress(_RemoteFileMissing):
             fetched.append(_fetch_file(hub, entry.repo_id, name, folder, progress).name)
-    try:
-        validate_model_file(folder, HF_KIND)
-    except ModelCorrupt as exc:
-        _discard(folder, fetched)
-        raise ModelCorrupt(
-            f"The hub at {_endpoint_text()} sent broken transformers files for {entry.repo_id}; "
-            f"they were deleted. {exc}"
-        ) from exc
+    what = f"broken transformers files for {entry.repo_id}; they were"
+    _keep_if_valid(folder, HF_KIND, fetched, what)
     log.info("Model %s (transformers) ready at %s", entry.repo_id, folder)
     return folder
+
+
+def _keep_if_valid(path: Path, kind: str, fetched: list[str], what: str) -> None:
+    """Delete what was just fetched if the model at `path` does not pass validation."""
+    try:
+        validate_model_file(path, kind)
+    except ModelCorrupt as exc:
+        _discard(path if path.is_dir() else path.parent, fetched)
+        raise ModelCorrupt(f"The hub at {_endpoint_text()} sent {what} deleted. {exc}") from exc
 
 
 def _fetch_file(

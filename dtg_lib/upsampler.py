@@ -104,6 +104,17 @@ class Prepared:
     quality_line: bool = True
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every expansion of one upsample_many call shares."""
+
+    settings: UpsampleSettings
+    width: int
+    height: int
+    backend: Any
+    quality_line: bool
+
+
 class Upsampler:
     """Holds the tag lookup and the backend cache; safe to share between threads."""
 
@@ -191,22 +202,12 @@ class Upsampler:
         choice = self._choose_model(settings)
         with self.backends.lease(choice.backend, choice.path, settings.device) as backend:
             load_s = time.perf_counter() - started
+            job = _Job(settings, width, height, backend, choice.takes_quality_line)
             if hasattr(backend, "generate_batch") and len(prompts) > 1:
-                results = self._expand_together(
-                    prompts, settings, seeds, width, height, backend, choice.takes_quality_line
-                )
+                results = self._expand_together(prompts, seeds, job)
             else:
                 results = [
-                    self._expand_numbered(
-                        number,
-                        prompt,
-                        settings,
-                        seed,
-                        width,
-                        height,
-                        backend,
-                        choice.takes_quality_line,
-                    )
+                    self._expand_numbered(number, prompt, seed, job)
                     for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1)
                 ]
         return [
@@ -230,25 +231,13 @@ class Upsampler:
             allow_download=self.allow_download,
         )
 
-    def _expand_numbered(self, number: int, prompt: str, *args: Any) -> Result:
+    def _expand_numbered(self, number: int, prompt: str, seed: int, job: _Job) -> Result:
         with _stage("expansion", number, prompt):
-            return self._expand(prompt, *args)
-
-    def _expand(
-        self,
-        prompt: str,
-        settings: UpsampleSettings,
-        seed: int,
-        width: int,
-        height: int,
-        backend: Any,
-        quality_line: bool,
-    ) -> Result:
-        started = time.perf_counter()
-        loop = self._begin(prompt, settings, seed, width, height, backend, quality_line)
-        with self._model_failures(backend):
-            loop.run(backend)
-        return self._finish(prompt, loop, started)
+            started = time.perf_counter()
+            loop = self._begin(prompt, seed, job)
+            with self._model_failures(job.backend):
+                loop.run(job.backend)
+            return self._finish(prompt, loop, started)
 
     @contextlib.contextmanager
     def _model_failures(self, backend: Any, what: str = "") -> Iterator[None]:
@@ -266,14 +255,7 @@ class Upsampler:
             raise GenerationError(f"{what}{_generation_message(backend, exc)}") from exc
 
     def _expand_together(
-        self,
-        prompts: Sequence[str],
-        settings: UpsampleSettings,
-        seeds: Sequence[int],
-        width: int,
-        height: int,
-        backend: Any,
-        quality_line: bool,
+        self, prompts: Sequence[str], seeds: Sequence[int], job: _Job
     ) -> list[Result]:
         """All prompts' rounds in lockstep, one batched model call per round.
 
@@ -285,12 +267,10 @@ class Upsampler:
         for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1):
             started = time.perf_counter()
             with _stage("expansion", number, prompt):
-                loops.append(
-                    self._begin(prompt, settings, seed, width, height, backend, quality_line)
-                )
+                loops.append(self._begin(prompt, seed, job))
             spent.append(time.perf_counter() - started)
-        with self._model_failures(backend, f"{len(loops)} prompts expanded together: "):
-            _run_together(loops, backend, settings)
+        with self._model_failures(job.backend, f"{len(loops)} prompts expanded together: "):
+            _run_together(loops, job.backend, job.settings)
         results = []
         for number, (prompt, loop, before) in enumerate(zip(prompts, loops, spent), 1):
             with _stage("expansion", number, prompt):
@@ -298,23 +278,15 @@ class Upsampler:
                 results.append(self._finish(prompt, loop, time.perf_counter(), before + model_s))
         return results
 
-    def _begin(
-        self,
-        prompt: str,
-        settings: UpsampleSettings,
-        seed: int,
-        width: int,
-        height: int,
-        backend: Any,
-        quality_line: bool,
-    ) -> _Rounds:
+    def _begin(self, prompt: str, seed: int, job: _Job) -> _Rounds:
         """Everything before the model runs: read, classify and fit the prompt."""
+        settings, width, height = job.settings, job.width, job.height
         started = time.perf_counter()
         with _stage("reading the prompt"):
-            prepared = self.prepare(prompt, settings, width, height, quality_line=quality_line)
+            prepared = self.prepare(prompt, settings, width, height, quality_line=job.quality_line)
         lookup_s = time.perf_counter() - started
         with _stage("fitting the prompt into the model's context"):
-            prepared, notices = fit_to_context(prepared, backend, settings, width, height)
+            prepared, notices = fit_to_context(prepared, job.backend, settings, width, height)
         return _Rounds(prepared, settings, seed, lookup_s=lookup_s, notices=notices)
 
     def _finish(self, prompt: str, loop: _Rounds, started: float, earlier_s: float = 0.0) -> Result:
