@@ -20,6 +20,7 @@ RANDOM_SEED = -1
 # The panel's Backend/Device choice that defers to the Settings page ("" from the API).
 FROM_SETTINGS = "from settings"
 SEED_RANGE = 2**32
+_SWITCH_WORDS = {"true": True, "false": False, "1": True, "0": False, "on": True, "off": False}
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,17 @@ class ScriptArgs:
                 "min_p": _number(self.min_p),
             }
         )
+
+    def is_enabled(self) -> bool:
+        """The checkbox's value; an API caller's "false" must not read as on."""
+        value = self.enabled
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _SWITCH_WORDS:
+            return _SWITCH_WORDS[value.strip().lower()]
+        raise SettingsError(f"DTG enabled must be true or false, got {value!r}")
 
     def format_text(self) -> str:
         # An API caller may put a template straight into `format`; dtg_lib validates it.

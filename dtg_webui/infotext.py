@@ -59,26 +59,49 @@ class HiresPrompts:
     names another image's hires prompt. That goes unseen while every image has the same
     prompt; with one expansion per image the infotext (and a paste of it) would carry
     another image's expansion as "Hires prompt".
+
+    The grid's infotext names the job's first prompt as written (`p.main_prompt`), not
+    an expansion; for it the answer is what the webui would say without DTG: the hires
+    prompt the user wrote, or none.
     """
 
-    def __init__(self, finals: Sequence[str], hires: Sequence[str], fallback: Any) -> None:
-        by_final: dict[str, str] = {}
-        ambiguous: set[str] = set()
+    def __init__(
+        self,
+        finals: Sequence[str],
+        hires: Sequence[str],
+        fallback: Any,
+        originals: Callable[..., str | None] | None = None,
+    ) -> None:
+        self._by_final = _unambiguous(zip(finals, hires))
+        written = []
         for final, hr in zip(finals, hires):
-            if by_final.setdefault(final, hr) != hr:
-                ambiguous.add(final)
-        for final in ambiguous:
-            del by_final[final]
-        self._by_final = by_final
-        self._fallback = fallback
+            original = originals(prompt_text=final) if originals else None
+            if original is not None:
+                # A hires prompt equal to the image's expansion was an empty hires box.
+                written.append((original, original if hr == final else hr))
+        self._by_original = _unambiguous(written)
+        self.fallback = fallback
 
     def __call__(self, prompt_text: str | None = None, **kwargs: Any) -> str | None:
-        if prompt_text is not None and prompt_text in self._by_final:
-            hr = self._by_final[prompt_text]
-            return None if hr == prompt_text else hr
-        if callable(self._fallback):
-            return self._fallback(prompt_text=prompt_text, **kwargs)
+        for known in (self._by_final, self._by_original):
+            if prompt_text is not None and prompt_text in known:
+                hr = known[prompt_text]
+                return None if hr == prompt_text else hr
+        if callable(self.fallback):
+            return self.fallback(prompt_text=prompt_text, **kwargs)
         return None
+
+
+def _unambiguous(pairs: Any) -> dict[str, str]:
+    """key -> value for the keys that always come with the same value."""
+    found: dict[str, str] = {}
+    ambiguous: set[str] = set()
+    for key, value in pairs:
+        if found.setdefault(key, value) != value:
+            ambiguous.add(key)
+    for key in ambiguous:
+        del found[key]
+    return found
 
 
 def read_params(params: dict[str, Any]) -> ScriptArgs | None:

@@ -32,6 +32,12 @@ log = logging.getLogger("dtg")
 
 # The webui's own random-seed range, so a fixed seed looks like one the webui picked.
 _WEBUI_SEED_RANGE = 4294967294
+# Everything DTG writes into a job's infotext. Some host features run several jobs on
+# one `p` or on shallow copies sharing its dict (X/Y/Z plot, prompts from file, img2img
+# batch, loopback), so a job must not inherit the last one's keys.
+_JOB_KEYS = (PARAMS_KEY, ORIGINAL_KEY, ERROR_KEY, NOTICE_KEY)
+# On `p` after "before" mode rewrote p.prompt: (what it wrote, what was there).
+_REWRITE_ATTR = "dtg_prompt_rewrite"
 
 
 def derive_seed(image_seed: int, dtg_seed: int) -> int:
@@ -62,8 +68,36 @@ def is_upscale_pass(p: Any) -> bool:
     return bool(getattr(p, "txt2img_upscale", False))
 
 
+def begin_job(p: Any) -> None:
+    """`before_process()`, every job: clear what an earlier job on this `p` left behind.
+
+    That is DTG's infotext keys, and the prompt "before" mode wrote into p.prompt, which
+    the next job on the same `p` (loopback, img2img batch) must not expand again.
+    """
+    params = getattr(p, "extra_generation_params", None)
+    if isinstance(params, dict):
+        for key in _JOB_KEYS:
+            params.pop(key, None)
+        hires = params.get(HIRES_PROMPT_KEY)
+        if isinstance(hires, HiresPrompts):
+            params[HIRES_PROMPT_KEY] = hires.fallback
+    rewrite = getattr(p, _REWRITE_ATTR, None)
+    if rewrite is not None:
+        setattr(p, _REWRITE_ATTR, None)
+        written, original = rewrite
+        if p.prompt == written:
+            p.prompt = original
+
+
 def runs_now(p: Any, args: ScriptArgs, hook_timing: str) -> bool:
-    if not args.enabled:
+    try:
+        enabled = args.is_enabled()
+    except SettingsError as exc:
+        if hook_timing == "after":  # process() runs for every job: report once, there
+            log.error("DTG: %s; prompts left as written", exc)
+            _note_error(p, str(exc))
+        return False
+    if not enabled:
         return False
     # An unknown timing is reported by process(), through settings validation.
     timing = args.timing if args.timing in TIMINGS else "after"
@@ -105,8 +139,26 @@ def expand_main_prompt(p: Any, args: ScriptArgs) -> None:
     finals = _expand_or_recall(p, originals, settings, seeds, config)
     if finals is None:
         return
+    if not many and not is_upscale_pass(p):
+        _file_under_each_image_seed(p, settings, args.seed(), originals[0], finals[0])
+    setattr(p, _REWRITE_ATTR, (finals if many else finals[0], p.prompt))
     p.prompt = finals if many else finals[0]
     _record(p, settings, args.seed(), OriginalPrompts(originals, finals))
+
+
+def _file_under_each_image_seed(
+    p: Any, settings: UpsampleSettings, dtg_seed: int, original: str, final: str
+) -> None:
+    """The Upscale button reruns one image of the job with that image's own seed.
+
+    "before" mode expanded once, from the job's first seed; every image of the job
+    carries that expansion, so its recall must find it under any of their seeds.
+    """
+    if getattr(p, "subseed_strength", 0):
+        return  # with variation seeds every image has the job's seed
+    images = int(getattr(p, "batch_size", 1) or 1) * int(getattr(p, "n_iter", 1) or 1)
+    seeds = [derive_seed(p.seed + offset, dtg_seed) for offset in range(1, images)]
+    RECENT.remember(settings.to_json(), seeds, [original] * len(seeds), [final] * len(seeds))
 
 
 def fix_hires_infotext(p: Any) -> None:
@@ -120,12 +172,19 @@ def fix_hires_infotext(p: Any) -> None:
     hires = getattr(p, "all_hr_prompts", None)
     if not callable(lookup) or isinstance(lookup, HiresPrompts) or not hires:
         return
-    p.extra_generation_params[HIRES_PROMPT_KEY] = HiresPrompts(p.all_prompts, hires, lookup)
+    originals = p.extra_generation_params[ORIGINAL_KEY]
+    p.extra_generation_params[HIRES_PROMPT_KEY] = HiresPrompts(
+        p.all_prompts, hires, lookup, originals if callable(originals) else None
+    )
 
 
 def finish_job(args: ScriptArgs) -> None:
     """`postprocess()`: free the model when the user asked not to keep it."""
-    if args.enabled and not host.config().keep_loaded:
+    try:
+        enabled = args.is_enabled()
+    except SettingsError:
+        return  # reported by process(); nothing was loaded for this job
+    if enabled and not host.config().keep_loaded:
         engine.unload()
 
 

@@ -200,6 +200,7 @@ class DanTagGenScript(scripts.Script):
         self.reuse.saw_component(component, elem_id)
 
     def before_process(self, p, *args) -> None:
+        rewrite.begin_job(p)
         rewrite.expand_main_prompt(p, _job_args(p, args))
 
     def process(self, p, *args) -> None:

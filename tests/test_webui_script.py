@@ -360,12 +360,13 @@ def test_upscale_button_pass_is_not_expanded_again(webui, timing):
     assert webui.engine.calls == []
 
 
+@pytest.mark.parametrize("image", [0, 1])
 @pytest.mark.parametrize("timing", ["after", "before"])
-def test_upscale_button_pass_reuses_the_expansion_its_image_got(webui, timing):
+def test_upscale_button_pass_reuses_the_expansion_its_image_got(webui, timing, image):
     first = webui.run(webui.txt2img(on(timing=timing), prompt="1girl", seed=21, batch_size=2))
     calls = len(webui.engine.calls)
-    # "before" expands once per job from the job seed, which is the first image's seed.
-    image = 1 if timing == "after" else 0
+    # The button reruns one image with its own seed; "before" had expanded once per job,
+    # from the job's first seed, so image 1 must find the job's expansion all the same.
     p = webui.txt2img(on(timing=timing), prompt="1girl", seed=21 + image, enable_hr=True)
     p.txt2img_upscale = True
     processed = webui.run(p)

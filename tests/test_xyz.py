@@ -60,7 +60,7 @@ def _run_cells(webui, grid, args, axes, **job):  # noqa: F811
     p = webui.txt2img(args, prompt="1girl", seed=10, **job)
     results = []
     for cell in grid.cells(p, axes):
-        cell.extra_generation_params = {}  # the host makes a fresh dict per cell job
+        # As in the host, the cells are shallow copies sharing p.extra_generation_params.
         results.append(webui.run(cell))
     return results
 
