@@ -126,3 +126,24 @@ def embedding_names() -> frozenset[str]:
         return frozenset()
     database = getattr(model_hijack, "embedding_db", None)
     return frozenset(getattr(database, "word_embeddings", None) or ())
+
+
+def apply_styles(prompt: str, styles: Any) -> str:
+    """`prompt` with the chosen prompt styles applied, as a job would apply them."""
+    if not styles:
+        return prompt
+    from modules import shared
+
+    apply = getattr(getattr(shared, "prompt_styles", None), "apply_styles_to_prompt", None)
+    return apply(prompt, list(styles)) if callable(apply) else prompt
+
+
+def parse_infotext(text: str) -> dict[str, Any] | None:
+    """The host's own reading of an infotext (styles taken out per its settings); None
+    where the host has no such function."""
+    try:
+        from modules import infotext_utils
+    except ImportError:
+        return None
+    parse = getattr(infotext_utils, "parse_generation_parameters", None)
+    return parse(text) if callable(parse) else None

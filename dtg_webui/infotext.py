@@ -25,6 +25,14 @@ ERROR_KEY = "DTG error"
 NOTICE_KEY = "DTG notice"
 PROMPT_KEY = "Prompt"
 HIRES_PROMPT_KEY = "Hires prompt"
+# What the host's paste reads out of the prompt lines (styles included).
+PROMPT_FIELDS = (
+    PROMPT_KEY,
+    "Negative prompt",
+    "Styles array",
+    HIRES_PROMPT_KEY,
+    "Hires negative prompt",
+)
 SEED_FIELD = "dtg_seed"
 # Every DTG value a paste can restore, one infotext key per positional argument.
 PASTE_KEYS: dict[str, str] = {name: f"DTG {name}" for name in ARG_NAMES}
@@ -130,8 +138,41 @@ def on_infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
     for name, key in PASTE_KEYS.items():
         params[key] = getattr(restored, name)
     original = params.get(ORIGINAL_KEY)
-    if isinstance(original, str) and original:
-        params[PROMPT_KEY] = original
+    if not isinstance(original, str) or not original:
+        return
+    params[PROMPT_KEY] = original
+    if restored.timing != "before":
+        # "after" expanded the prompt with its styles in it: read the styles out of the
+        # original, as the host would have without DTG. ("before" styled the expansion,
+        # so the host's own reading of the styles already stands.)
+        _read_styles_of(original, infotext, params)
+
+
+def _read_styles_of(original: str, infotext: str, params: dict[str, Any]) -> None:
+    from . import host
+
+    try:
+        reread = host.parse_infotext(_with_prompt(infotext, original))
+    except Exception as exc:  # a paste must still restore what it can
+        log.warning("DTG: could not read the styles of the original prompt: %s", exc)
+        return
+    if not reread:
+        return
+    for key in PROMPT_FIELDS:
+        if key in reread:
+            params[key] = reread[key]
+        else:
+            params.pop(key, None)
+
+
+def _with_prompt(infotext: str, prompt: str) -> str:
+    """The infotext with its prompt lines replaced by `prompt`."""
+    lines = infotext.strip().split("\n")
+    rest = next(
+        (i for i, line in enumerate(lines) if line.startswith("Negative prompt:")),
+        len(lines) - 1,
+    )
+    return "\n".join([prompt, *lines[rest:]])
 
 
 def paste_getter(name: str) -> Callable[[dict[str, Any]], Any]:

@@ -29,6 +29,7 @@ HOST_INPUTS: tuple[tuple[str, Any], ...] = (
     ("seed", -1),
     ("width", 1024),
     ("height", 1024),
+    ("styles", ()),
 )
 EMPTY_HTML = (
     '<div class="dtg-preview-empty">Preview: expands the prompt box with these settings.</div>'
@@ -45,7 +46,9 @@ def host_field(elem_id: Any) -> str | None:
     return None
 
 
-def run_preview(prompt: Any, image_seed: Any, width: Any, height: Any, *panel: Any) -> str:
+def run_preview(
+    prompt: Any, image_seed: Any, width: Any, height: Any, styles: Any, *panel: Any
+) -> str:
     """The click handler: HTML for the preview box. Never raises into gradio."""
     if not isinstance(prompt, str) or not prompt.strip():
         return _message("The prompt box is empty: write a prompt, then preview it.")
@@ -57,6 +60,8 @@ def run_preview(prompt: Any, image_seed: Any, width: Any, height: Any, *panel: A
         return _message(f"Invalid settings: {exc}")
     seed = fix_seed(image_seed)
     try:
+        if settings.timing != "before":  # a job expands the prompt with its styles applied
+            prompt = host.apply_styles(prompt, styles)
         upsampler = engine.get_engine(config.model_dir, host.embedding_names())
         (result,) = upsampler.upsample_many(
             [prompt], settings, [derive_seed(seed, args.seed())], _size(width), _size(height)

@@ -32,7 +32,7 @@ def _final(html: str) -> str:
 
 
 def test_preview_expands_with_panel_values_and_seed(fake):
-    html = preview_ui.run_preview("1girl, solo", 10, 832, 1216, *on(dtg_seed=5, target="short"))
+    html = preview_ui.run_preview("1girl, solo", 10, 832, 1216, [], *on(dtg_seed=5, target="short"))
     (call,) = fake.calls
     assert call["prompts"] == ["1girl, solo"] and call["seeds"] == [5]
     assert call["size"] == (832, 1216) and call["settings"].target == "short"
@@ -43,7 +43,7 @@ def test_preview_expands_with_panel_values_and_seed(fake):
 
 
 def test_random_image_seed_is_fixed_and_shown(fake):
-    html = preview_ui.run_preview("1girl", -1, 1024, 1024, *on())
+    html = preview_ui.run_preview("1girl", -1, 1024, 1024, [], *on())
     (seed,) = fake.calls[0]["seeds"]
     assert seed != -1 and f"image seed {seed}" in html
 
@@ -51,33 +51,33 @@ def test_random_image_seed_is_fixed_and_shown(fake):
 def test_preview_runs_even_with_the_panel_off(fake):
     args = on()
     args[0] = False
-    preview_ui.run_preview("1girl", 1, 1024, 1024, *args)
+    preview_ui.run_preview("1girl", 1, 1024, 1024, [], *args)
     assert len(fake.calls) == 1
 
 
 def test_empty_prompt_asks_for_one(fake):
-    html = preview_ui.run_preview("  ", 1, 1024, 1024, *on())
+    html = preview_ui.run_preview("  ", 1, 1024, 1024, [], *on())
     assert "prompt box is empty" in html and fake.calls == []
 
 
 def test_invalid_settings_are_shown(fake):
-    html = preview_ui.run_preview("1girl", 1, 1024, 1024, *on(temperature=0.0))
+    html = preview_ui.run_preview("1girl", 1, 1024, 1024, [], *on(temperature=0.0))
     assert "Invalid settings" in html and fake.calls == []
 
 
 def test_engine_failure_is_shown_escaped(fake):
     fake.fail = RuntimeError("no <model> here")
-    html = preview_ui.run_preview("1girl", 1, 1024, 1024, *on())
+    html = preview_ui.run_preview("1girl", 1, 1024, 1024, [], *on())
     assert "Preview failed: RuntimeError: no &lt;model&gt; here" in html
 
 
 def test_prompt_text_is_escaped(fake):
-    html = preview_ui.run_preview("<b>1girl</b>", 1, 1024, 1024, *on())
+    html = preview_ui.run_preview("<b>1girl</b>", 1, 1024, 1024, [], *on())
     assert "<b>" not in _final(html) and "&lt;b&gt;1girl&lt;/b&gt;" in _final(html)
 
 
 def test_bad_size_falls_back(fake):
-    preview_ui.run_preview("1girl", 1, None, "x", *on())
+    preview_ui.run_preview("1girl", 1, None, "x", [], *on())
     assert fake.calls[0]["size"] == (1024, 1024)
 
 

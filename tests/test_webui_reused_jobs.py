@@ -86,8 +86,8 @@ def test_grid_infotext_names_no_hires_prompt_the_user_did_not_write(webui):  # n
     grid_text = webui.processing.create_infotext(
         p, p.all_prompts, p.all_seeds, use_main_prompt=True, index=0
     )
-    assert "Hires prompt" not in webui.paste(grid_text)
     assert "Hires prompt" not in grid_text
+    assert webui.paste(grid_text)["Hires prompt"] == ""  # the hires box stays empty
 
 
 def test_grid_infotext_keeps_the_hires_prompt_the_user_wrote(webui):  # noqa: F811

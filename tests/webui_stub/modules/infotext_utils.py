@@ -49,7 +49,38 @@ def parse_generation_parameters(text: str) -> dict[str, Any]:
             prompt.append(line)
     params["Prompt"] = "\n".join(prompt)
     params["Negative prompt"] = "\n".join(negative)
+    _read_styles(params)
+    params.setdefault("Hires prompt", "")
     return params
+
+
+def _read_styles(params: dict[str, Any]) -> None:
+    """Take the styles' texts out of the prompts, per the "infotext_styles" option.
+
+    As the host does: the hires prompts give up their styles only when they carry the
+    same ones as the prompts; otherwise nothing is taken out of any of them.
+    """
+    from modules import shared
+
+    mode = getattr(shared.opts, "infotext_styles", "Apply if any")
+    if mode == "Ignore":
+        return
+    styles = shared.prompt_styles
+    found, prompt, negative = styles.extract_styles_from_prompt(
+        params["Prompt"], params["Negative prompt"]
+    )
+    if "Hires prompt" in params or "Hires negative prompt" in params:
+        hr_found, hr_prompt, hr_negative = styles.extract_styles_from_prompt(
+            params.get("Hires prompt", params["Prompt"]),
+            params.get("Hires negative prompt", params["Negative prompt"]),
+        )
+        if hr_found != found:
+            return
+        params["Hires prompt"] = "" if hr_prompt == prompt else hr_prompt
+        params["Hires negative prompt"] = "" if hr_negative == negative else hr_negative
+    params["Prompt"], params["Negative prompt"] = prompt, negative
+    if mode == "Apply" or (mode == "Apply if any" and found):
+        params["Styles array"] = found
 
 
 def paste(text: str) -> dict[str, Any]:

@@ -26,9 +26,7 @@ def get_fixed_seed(seed: Any) -> int:
 
 
 def apply_styles(prompt: str, styles: list[str]) -> str:
-    for name in styles:
-        prompt = f"{prompt}, {shared.prompt_styles[name]}"
-    return prompt
+    return shared.prompt_styles.apply_styles_to_prompt(prompt, styles)
 
 
 class StableDiffusionProcessing:
@@ -74,7 +72,10 @@ class StableDiffusionProcessing:
     def setup_prompts(self) -> None:
         prompts = self.prompt if isinstance(self.prompt, list) else self.total * [self.prompt]
         self.all_prompts = [apply_styles(x, self.styles) for x in prompts]
-        self.all_negative_prompts = self.total * [self.negative_prompt]
+        negative = shared.prompt_styles.apply_negative_styles_to_prompt(
+            self.negative_prompt, self.styles
+        )
+        self.all_negative_prompts = self.total * [negative]
         self.main_prompt = self.all_prompts[0]
 
     def batch_hires_prompts(self, batch: slice) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from modules.styles import StyleDatabase
+
 
 class OptionInfo:
     def __init__(
@@ -48,5 +50,4 @@ class Options:
 
 opts = Options()
 cmd_opts = argparse.Namespace()
-# Style name -> text appended to the prompt, as the webui's styles do by default.
-prompt_styles: dict[str, str] = {}
+prompt_styles = StyleDatabase()
