@@ -69,7 +69,8 @@ def test_continues_a_dtg_prompt_with_tags(backend):
         result = backend.generate(PROMPT, SAMPLING, seed)
         assert isinstance(result, Generation)
         assert "<|" not in result.text and "</s>" not in result.text and "<s>" not in result.text
-        assert result.text == result.text.strip()
+        # At most the one space of a first word, which continues the prompt's last word.
+        assert result.text == result.text.rstrip() and not result.text.startswith("  ")
         tags = [t.strip() for t in result.text.split(",")]
         assert all(tags), result.text  # ", "-separated, no empty pieces
         known += sum(t in GENERAL_TAGS for t in tags)
@@ -125,6 +126,24 @@ def test_max_new_tokens_is_a_hard_limit(backend):
 def test_sampling_settings_are_accepted(backend, sampling):
     result = backend.generate(PROMPT, sampling, 7)
     assert result.completion_tokens >= 1
+
+
+def test_new_text_starts_with_the_space_of_a_first_word(backend):
+    """The generated text continues the prompt: a first token that starts a word keeps
+    its space ("tongue" + " out"), a first token inside a word has none."""
+    if backend.name == "torch":
+        from dtg_lib.backends.torch_backend import new_text
+
+        tokenizer = backend._tokenizer
+        ids = tokenizer("long hair, smile", add_special_tokens=False)["input_ids"]
+        decode = lambda tokens: new_text(tokenizer, tokens)  # noqa: E731
+    else:
+        llm = backend._llm
+        ids = llm.tokenize(b"long hair, smile", add_bos=False)
+        decode = lambda tokens: backend._detokenize(llm, tokens)  # noqa: E731
+    assert decode(ids) == " long hair, smile"
+    comma = ids.index(next(i for i in ids if decode([i]) == ","))
+    assert decode(ids[comma:]) == ", smile"
 
 
 def test_continuation_prompt(backend):

@@ -128,6 +128,8 @@ def test_repetition_penalty_sees_each_rows_tokens_as_transformers_does(torch_bac
     prompt and all it drew so far, as transformers' greedy generate does alone."""
     import torch
 
+    from dtg_lib.backends.torch_backend import new_text
+
     penalised = SamplingSettings(temperature=1.0, top_k=1, repetition_penalty=1.5)
     ours = torch_backend.generate_batch(PROMPTS, penalised, list(range(len(PROMPTS))))
     tokenizer, model = torch_backend._tokenizer, torch_backend._model
@@ -146,7 +148,7 @@ def test_repetition_penalty_sees_each_rows_tokens_as_transformers_does(torch_bac
         new = out[0, ids.shape[1] :].tolist()
         if tokenizer.eos_token_id in new:
             new = new[: new.index(tokenizer.eos_token_id)]
-        expected.append(tokenizer.decode(new, clean_up_tokenization_spaces=False))
+        expected.append(new_text(tokenizer, new))
     assert [g.text for g in ours] == expected
     plain = SamplingSettings(temperature=1.0, top_k=1)
     unpenalised = torch_backend.generate_batch(PROMPTS, plain, list(range(len(PROMPTS))))

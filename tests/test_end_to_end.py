@@ -68,6 +68,19 @@ def test_continuation_rounds_happen_for_long_targets(upsampler, model_path):
     assert len(set(result.new_tags)) == len(result.new_tags)
 
 
+def test_a_round_that_continues_its_last_fed_tag_keeps_the_space(upsampler, model_path):
+    """A later round's input ends with a fed tag ("..., closed"); when the model goes on
+    with " mouth", the tag is "closed mouth", never "closedmouth"."""
+    from dtg_lib.tiny_model import GENERAL_TAGS
+
+    glued = {tag.replace(" ", "") for tag in GENERAL_TAGS if " " in tag}
+    found = set()
+    for seed in range(24):
+        result = upsampler.upsample("1girl, solo", settings(model_path, target="very_long"), seed)
+        found |= set(result.new_tags) & glued
+    assert not found
+
+
 def test_ban_list_is_honoured(upsampler, model_path):
     s = settings(model_path, target="long", ban_tags="*hair, /.*eyes/, solo")
     for seed in range(3):

@@ -270,10 +270,10 @@ class LlamaCppBackend:
         return new, stopped
 
     def _detokenize(self, llm: Any, tokens: list[int]) -> str:
-        text = llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
-        # The word-boundary marker of the first piece becomes a leading space here but
-        # not in transformers' decoder; drop it so both backends return the same text.
-        return text[1:] if text.startswith(" ") else text
+        # The first piece's word-boundary marker comes out as a leading space, which
+        # the caller needs: it is the difference between "tongue" + " out" and
+        # "tongue" + "out" when a round continues the last tag it was fed.
+        return llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
 
     def close(self) -> None:
         with self._lock:

@@ -43,6 +43,8 @@ DTYPES = {
     "bfloat16": "bfloat16",
 }
 DEFAULT_CONTEXT = 2048
+# SentencePiece's mark of a piece that begins a word.
+WORD_START = "\u2581"
 # "auto", "eager", "static" or "graph" (see torch_steps); for benchmarks and bug hunts.
 DECODE_ENV = "DTG_TORCH_DECODE"
 
@@ -117,6 +119,20 @@ def dtype_keyword(transformers: Any) -> str:
     # Transformers 5 renamed `torch_dtype` to `dtype`; 4.x only knows the old name.
     major = str(getattr(transformers, "__version__", "4")).split(".", 1)[0]
     return "dtype" if major.isdigit() and int(major) >= 5 else "torch_dtype"
+
+
+def new_text(tokenizer: Any, tokens: list[int]) -> str:
+    """The text of generated tokens as it continues the prompt.
+
+    Decoded alone, a first piece that starts a word ("▁out") loses its space; put it
+    back, or a round that continues its last fed tag would glue the two words.
+    """
+    text = tokenizer.decode(tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if tokens and not text.startswith(" "):
+        first = tokenizer.convert_ids_to_tokens(tokens[0])
+        if isinstance(first, str) and first.startswith(WORD_START):
+            text = " " + text
+    return text
 
 
 class TorchBackend:
@@ -227,7 +243,7 @@ class TorchBackend:
     def _generation(tokenizer: Any, row: Row, clock: Stopwatch, share: float) -> Generation:
         stopped = bool(row.new) and row.new[-1] == tokenizer.eos_token_id
         kept = row.new[:-1] if stopped else row.new
-        text = tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = new_text(tokenizer, kept)
         return Generation(
             text=text,
             prompt_tokens=len(row.prompt),
