@@ -45,7 +45,10 @@ SLOTS: dict[Category, str] = {
     Category.META: "meta",
     Category.RATING: "rating",
 }
-_PLACEHOLDER = re.compile(r"<\|([a-z_]+)\|>")
+_PLACEHOLDER = re.compile(r"<\|([A-Za-z_]+)\|>")
+# What the webui reads as the weight of a whole AND part when the part ends with it,
+# as a new tag such as ":3" or ">:3" would.
+_PART_WEIGHT_END = re.compile(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
 _STRUCTURE = (ItemKind.BREAK, ItemKind.AND, ItemKind.PART_WEIGHT)
 
 
@@ -54,15 +57,27 @@ class FormatError(ValueError):
 
 
 def resolve_format(name_or_template: str) -> str:
-    """A preset name, `append`, or a custom template with at least one placeholder."""
+    """A preset name, `append`, or a custom template with at least one placeholder.
+
+    Placeholders are the slot names in any case; an unknown one is an error, since a
+    typo would otherwise take that slot's tags out of the prompt.
+    """
     if name_or_template in FORMAT_PRESETS:
         return FORMAT_PRESETS[name_or_template]
-    if not _PLACEHOLDER.search(name_or_template):
+    names = [name.lower() for name in _PLACEHOLDER.findall(name_or_template)]
+    if not names:
         raise FormatError(
             f"format {name_or_template!r} is neither a preset ({', '.join(FORMAT_PRESETS)}) "
             "nor a template with placeholders such as <|general|>"
         )
-    return name_or_template
+    unknown = sorted({name for name in names if name not in SLOTS.values()})
+    if unknown:
+        known = ", ".join(f"<|{slot}|>" for slot in SLOTS.values())
+        raise FormatError(
+            f"unknown placeholder {', '.join(f'<|{n}|>' for n in unknown)} in the format; "
+            f"the placeholders are {known}"
+        )
+    return _PLACEHOLDER.sub(lambda m: f"<|{m.group(1).lower()}|>", name_or_template)
 
 
 def new_tags_to_add(prompt: ClassifiedPrompt, new_tags: Sequence[str]) -> list[str]:
@@ -93,7 +108,7 @@ def _append(items: Sequence[PromptItem], added: list[str]) -> str:
         stop -= 1
     head = "".join(i.text for i in items[:stop])
     tail = "".join(i.text for i in items[stop:])
-    joined = ", ".join(added)
+    joined = _sealed(", ".join(added), tail)
     if not head.strip():
         return f"{head}{joined}{_spaced(tail)}"
     return f"{head}, {joined}{tail}"
@@ -108,11 +123,25 @@ def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) ->
     stop = next((i for i, it in enumerate(items) if it.kind in _STRUCTURE), len(items))
     slots = _slot_contents(prompt, stop)
     slots["general"].extend(added)
+    # Slots the template leaves out still hold the user's items (and the new tags):
+    # they go on a last line rather than out of the prompt.
+    placeholders = [f"<|{slot}|>" for slot, found in slots.items() if found]
+    left_out = [name for name in placeholders if name not in template]
+    if left_out:
+        template = f"{template}\n{', '.join(left_out)}"
     head = _render_template(template, {k: ", ".join(v) for k, v in slots.items()})
     tail = "".join(i.text for i in items[stop:]).strip()
+    head = _sealed(head, tail)
     if not tail:
         return head
     return f"{head}\n{tail}" if head else tail
+
+
+def _sealed(text: str, rest: str) -> str:
+    """`text` with a comma after it where it ends an AND part looking like a weight."""
+    following = rest.lstrip()
+    ends_part = not following or following.startswith("AND")
+    return f"{text}," if ends_part and _PART_WEIGHT_END.search(text) else text
 
 
 def _slot_contents(prompt: ClassifiedPrompt, stop: int) -> dict[str, list[str]]:

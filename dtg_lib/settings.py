@@ -75,6 +75,7 @@ class UpsampleSettings:
             raise SettingsError("format must be text")
         if not isinstance(self.ban_tags, str):
             raise SettingsError("ban_tags must be text: comma-separated entries")
+        _check_device(self.device)
         _check_int("max_rounds", self.max_rounds, 1, 100)
         _check_text_setting("ban_tags", self.ban_tags)
         _check_text_setting("format", self.format)
@@ -119,6 +120,17 @@ class UpsampleSettings:
         except json.JSONDecodeError as exc:
             raise SettingsError(f"settings are not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+def _check_device(device: Any) -> None:
+    from .backends.base import normalize_device
+
+    if not isinstance(device, str):
+        raise SettingsError(f"device must be text such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        normalize_device(device)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 def _check_text_setting(name: str, value: str) -> None:

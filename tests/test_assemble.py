@@ -38,10 +38,45 @@ def test_one_line_and_custom_templates():
     assert assemble(prompt, ["twintails"], "one line") == (
         "1girl, hatsune miku, smile, twintails, masterpiece"
     )
-    custom = "<|quality|>, <|unknown|>\n<|general|>\n<|special|>, <|characters|>"
+    custom = "<|quality|>, <|Meta|>\n<|general|>\n<|special|>, <|characters|>"
     assert assemble(prompt, ["twintails"], custom) == (
         "masterpiece,\nsmile, twintails,\n1girl, hatsune miku"
     )
+
+
+@pytest.mark.parametrize("template", ["<|generals|>", "<|general|>, <|qualty|>"])
+def test_a_misspelt_placeholder_is_an_error_not_a_lost_slot(template):
+    with pytest.raises(FormatError, match=r"unknown placeholder.*the placeholders are"):
+        resolve_format(template)
+
+
+def test_slots_a_template_leaves_out_keep_their_tags_on_a_last_line():
+    prompt = classified("masterpiece, hatsune miku, <lora:miku:0.8>, 1girl, smile")
+    out = assemble(prompt, ["blue eyes"], "<|characters|>")
+    assert out.splitlines()[0] == "hatsune miku,"
+    for kept in ["masterpiece", "<lora:miku:0.8>", "1girl", "smile", "blue eyes"]:
+        assert kept in out.splitlines()[1]
+    assert Counter(i.text for i in parse(out).items if i.kind is not ItemKind.SEPARATOR) == (
+        Counter(i.text for i in prompt.parsed.items if i.kind is not ItemKind.SEPARATOR)
+        + Counter(["blue eyes"])
+    )
+
+
+@pytest.mark.parametrize("fmt", ["default", "append", "one line"])
+@pytest.mark.parametrize("tail", ["", " AND cat", "\nAND cat"])
+def test_a_new_tag_that_looks_like_a_weight_never_ends_an_and_part(fmt, tail):
+    prompt = classified(f"1girl, solo{tail}")
+    out = assemble(prompt, ["smile", ":3", ">:3"], fmt)
+    assert ">:3," in out
+    parts = [i for i in parse(out).items if i.kind is ItemKind.PART_WEIGHT]
+    assert parts == []  # nothing the webui would read as the weight of a part
+
+
+def test_a_users_own_part_weight_is_left_to_end_its_part():
+    prompt = classified("1girl, solo :1.2 AND cat")
+    out = assemble(prompt, [":3"], "append")
+    weights = [i.text.strip() for i in parse(out).items if i.kind is ItemKind.PART_WEIGHT]
+    assert weights == [":1.2"]
 
 
 def test_bad_format_is_a_clear_error():

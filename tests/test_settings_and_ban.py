@@ -22,6 +22,9 @@ from dtg_lib.settings import SettingsError, UpsampleSettings
         ({"temperature": "hot"}, "must be a number"),
         ({"top_k": 2.5}, "whole number"),
         ({"sampling": 3}, "sampling must be"),
+        ({"device": "banana"}, "unknown device 'banana'"),
+        ({"device": ["cuda"]}, "device must be text"),
+        ({"format": "<|generals|>"}, "unknown placeholder"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(data, message):
