@@ -104,14 +104,42 @@ def _append(items: Sequence[PromptItem], added: list[str]) -> str:
     if not added:
         return "".join(i.text for i in items)
     stop = next((i for i, it in enumerate(items) if it.kind is ItemKind.AND), len(items))
-    while stop > 0 and items[stop - 1].kind in (ItemKind.SEPARATOR, ItemKind.PART_WEIGHT):
-        stop -= 1
+    stop = _back_over(items, stop, (ItemKind.SEPARATOR, ItemKind.PART_WEIGHT))
+    opened = stop > 0 and leaves_bracket_open(items[stop - 1].text)
+    if opened:
+        # A bracket left open reaches to the end of its part: the new tags go in front
+        # of that item, out of its reach, and the user's text keeps its weights.
+        stop = _back_over(items, stop - 1, (ItemKind.SEPARATOR,))
     head = "".join(i.text for i in items[:stop])
     tail = "".join(i.text for i in items[stop:])
     joined = _sealed(", ".join(added), tail)
     if not head.strip():
+        if opened:
+            return f"{head}{joined}, {tail.lstrip(' ,')}"
         return f"{head}{joined}{_spaced(tail)}"
     return f"{head}, {joined}{tail}"
+
+
+def _back_over(items: Sequence[PromptItem], stop: int, kinds: tuple[ItemKind, ...]) -> int:
+    while stop > 0 and items[stop - 1].kind in kinds:
+        stop -= 1
+    return stop
+
+
+def leaves_bracket_open(text: str) -> bool:
+    """Whether `text` opens a bracket it does not close (escaped brackets do not count)."""
+    depth = 0
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}" and depth > 0:
+            depth -= 1
+    return depth > 0
 
 
 def _spaced(tail: str) -> str:
@@ -121,7 +149,11 @@ def _spaced(tail: str) -> str:
 def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) -> str:
     items = prompt.parsed.items
     stop = next((i for i, it in enumerate(items) if it.kind in _STRUCTURE), len(items))
-    slots = _slot_contents(prompt, stop)
+    last = _back_over(items, stop, (ItemKind.SEPARATOR,)) - 1
+    # An item that leaves a bracket open reaches to the end of its part: it stays last,
+    # so that nothing moves into its reach.
+    opened = items[last] if last >= 0 and leaves_bracket_open(items[last].text) else None
+    slots = _slot_contents(prompt, last if opened else stop)
     slots["general"].extend(added)
     # Slots the template leaves out still hold the user's items (and the new tags):
     # they go on a last line rather than out of the prompt.
@@ -131,7 +163,10 @@ def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) ->
         template = f"{template}\n{', '.join(left_out)}"
     head = _render_template(template, {k: ", ".join(v) for k, v in slots.items()})
     tail = "".join(i.text for i in items[stop:]).strip()
-    head = _sealed(head, tail)
+    if opened is not None:
+        head = f"{head}, {opened.text}" if head else opened.text
+    else:
+        head = _sealed(head, tail)
     if not tail:
         return head
     return f"{head}\n{tail}" if head else tail

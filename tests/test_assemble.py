@@ -1,3 +1,4 @@
+import re
 from collections import Counter
 
 import pytest
@@ -5,7 +6,13 @@ from fake_lookup import FakeLookup
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtg_lib.assemble import FormatError, assemble, new_tags_to_add, resolve_format
+from dtg_lib.assemble import (
+    FormatError,
+    assemble,
+    leaves_bracket_open,
+    new_tags_to_add,
+    resolve_format,
+)
 from dtg_lib.dtg_format import classify_prompt
 from dtg_lib.prompt_syntax import ItemKind, parse
 
@@ -169,7 +176,37 @@ def test_every_user_item_survives(text, fmt):
     if fmt == "append":
         # the prompt is only ever split once, for the insertion
         cut = out.find(", new tag")
-        if cut == -1:  # nothing before the insertion point: the tags lead
-            assert "".join(out.replace("new tag", "", 1).split()) == "".join(text.split())
+        if cut == -1:  # nothing before the insertion point: the tags lead, then ", "
+            rest = out.replace("new tag", "", 1)
+            rest = rest.removeprefix(", ") if leaves_bracket_open(text) else rest
+            assert "".join(rest.split()) == "".join(text.split())
         else:
             assert out[:cut] + out[cut + len(", new tag") :] == text
+
+
+def _word_weights(text):
+    from webui_attention import char_weights
+
+    weights = char_weights(text)
+    return {m.group(): round(weights[m.start()], 4) for m in re.finditer(r"[a-z]+", text)}
+
+
+@pytest.mark.parametrize("fmt", ["default", "append", "one line"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1girl, smile, (hatsune miku",
+        "masterpiece, 1girl, [smile",
+        "(solo, smile",
+        "masterpiece, (cat, [dog:1.2), sky",
+        "1girl, (hatsune miku AND landscape",
+    ],
+)
+def test_a_bracket_left_open_keeps_every_weight(fmt, text):
+    """An unclosed bracket weights everything after it in its part: the user's words keep
+    their weights, and the new tags stay out of its reach."""
+    out = assemble(classified(text), ["blue eyes"], fmt)
+    before = _word_weights(text.split("AND")[0])
+    after = _word_weights(out.split("AND")[0])
+    assert {w: after[w] for w in before} == before
+    assert after["blue"] == after["eyes"] == 1.0
