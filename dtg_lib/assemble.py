@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .categories import Category, canonical
+from .categories import Category, raw_key
 from .dtg_format import ClassifiedPrompt
 from .prompt_syntax import ItemKind, PromptItem, escape_tag
 
@@ -85,7 +85,7 @@ def new_tags_to_add(prompt: ClassifiedPrompt, new_tags: Sequence[str]) -> list[s
     seen = prompt.known_names()
     kept = []
     for tag in new_tags:
-        key = canonical(tag)
+        key = raw_key(tag)
         if key and key not in seen:
             seen.add(key)
             kept.append(tag)

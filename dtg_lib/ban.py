@@ -19,7 +19,7 @@ from typing import Any
 # catastrophic backtracking (`/(a+)+b/`) must not hang the webui.
 import regex
 
-from .categories import canonical
+from .categories import canonical, raw_key
 
 log = logging.getLogger("dtg")
 
@@ -38,7 +38,7 @@ class BanList:
     _patterns: tuple[Any, ...]  # compiled `regex` patterns
 
     def bans(self, tag: str) -> bool:
-        key = canonical(tag)
+        key = raw_key(tag)
         forms = {key, key.replace(" ", "_")}
         return any(_matches(p, form) for p in self._patterns for form in forms)
 

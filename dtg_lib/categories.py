@@ -88,11 +88,21 @@ _SHORT_NAME = 3
 
 
 def canonical(name: str) -> str:
-    """Return the lookup key of a tag: `Hatsune_Miku`, `hatsune miku ` -> `hatsune miku`."""
+    """Return the lookup key of a tag: `Hatsune_Miku`, `hatsune miku ` -> `hatsune miku`.
+
+    `name` is written as in a webui prompt, so `\\(` is `(`; see `raw_key` for a name as
+    Danbooru (and the model) writes it.
+    """
     text = _SPACES.sub(" ", _ESCAPE.sub(r"\1", name)).strip().lower()
     if len(text) <= _SHORT_NAME:
         return text
     return text.replace("_", " ").strip()
+
+
+def raw_key(name: str) -> str:
+    """The lookup key of a tag as Danbooru writes it, where a backslash is part of the
+    name (`\\m/`); `canonical` would read it as a webui escape."""
+    return canonical(name.replace("\\", "\\\\"))
 
 
 # canonical name -> (category, the spelling DTG and the reference use)

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .categories import Category, canonical
-from .prompt_syntax import ParsedPrompt, Tag
+from .categories import Category, raw_key
+from .prompt_syntax import ParsedPrompt, Tag, escape_tag
 
 INPUT_END = "<|input_end|>"
 EMPTY = "<|empty|>"
@@ -54,14 +54,14 @@ class ClassifiedPrompt:
 
     def known_names(self) -> set[str]:
         """Canonical names of every user tag, for not adding them again."""
-        return {canonical(t.name) for t in self.tags} | {canonical(t.tag.name) for t in self.tags}
+        return {raw_key(t.name) for t in self.tags} | {raw_key(t.tag.name) for t in self.tags}
 
 
 def classify_prompt(parsed: ParsedPrompt, lookup: LookupLike) -> ClassifiedPrompt:
     classified = []
     index_of = {id(item): i for i, item in enumerate(parsed.items)}
     for item, tag in parsed.tags():
-        info = lookup.classify(tag.name)
+        info = lookup.classify(escape_tag(tag.name))  # the lookup reads webui text
         classified.append(ClassifiedTag(index_of[id(item)], tag, info.name, info.category))
     return ClassifiedPrompt(parsed, tuple(classified))
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from .categories import Category, canonical
+from .categories import Category, raw_key
 from .prompt_syntax import ItemKind, PromptItem, parse
 
 # Colours readable on both light and dark backgrounds: chips use them as a border
@@ -66,14 +66,14 @@ def _total_seconds(result: Any) -> float:
 
 def classify_items(result: Any) -> list[tuple[PromptItem, str, bool]]:
     """(item, category or "other", is_new) for each item of the final prompt, in order."""
-    categories = {canonical(k): v for k, v in _field(result, "tag_categories").items()}
-    new = {canonical(t) for t in _field(result, "new_tags")} - set(categories)
+    categories = {raw_key(k): v for k, v in _field(result, "tag_categories").items()}
+    new = {raw_key(t) for t in _field(result, "new_tags")} - set(categories)
     rows = []
     for item in parse(_field(result, "final_prompt")).items:
         if item.kind is ItemKind.SEPARATOR:
             rows.append((item, "", False))
         elif item.kind in (ItemKind.TAG, ItemKind.GROUP) and item.tags:
-            names = [canonical(t.name) for t in item.tags]
+            names = [raw_key(t.name) for t in item.tags]
             is_new = all(n in new for n in names)
             category = Category.GENERAL.value if is_new else categories.get(names[0])
             rows.append((item, category or Category.GENERAL.value, is_new))

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .categories import BUILTIN_CLASSES, Category, canonical
+from .categories import BUILTIN_CLASSES, Category, canonical, raw_key
 
 log = logging.getLogger("dtg")
 
@@ -114,6 +114,11 @@ class TagInfo:
     name: str
     category: Category
     known: bool
+
+
+def _builtin(key: str) -> TagInfo | None:
+    builtin = BUILTIN_CLASSES.get(key)
+    return None if builtin is None else TagInfo(builtin[1], builtin[0], True)
 
 
 # --- locating sources ---------------------------------------------------------
@@ -200,7 +205,7 @@ def _name_key(raw: str) -> str:
         and "  " not in name
     ):
         return name
-    return canonical(raw.replace("\\", "\\\\"))
+    return raw_key(raw)
 
 
 def _short_name_alias(key: str) -> str | None:
@@ -533,15 +538,17 @@ class TagLookup:
 
     def _classify(self, tag: str) -> TagInfo:
         key = canonical(tag)
-        builtin = BUILTIN_CLASSES.get(key)
+        builtin = _builtin(key)
         if builtin is not None:
-            return TagInfo(builtin[1], builtin[0], True)
+            return builtin
         artist = self._artist_reference(tag)
         if artist is not None:
             return artist
         found = self._find(key)
         if found is not None:
-            return found
+            # An alias of a built-in tag ("1girls") takes the built-in's class, not the
+            # CSV's (which files special tags as general).
+            return _builtin(found.name) or found
         return TagInfo(key, Category.GENERAL, False)
 
     def _artist_reference(self, tag: str) -> TagInfo | None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .assemble import assemble
 from .backends.base import BackendUnavailable, ModelLoadError, PromptTooLong
 from .ban import compile_ban_list
-from .categories import Category, canonical
+from .categories import Category, raw_key
 from .dtg_format import (
     ClassifiedPrompt,
     ClassifiedTag,
@@ -399,7 +399,7 @@ class _Rounds:
         seen = set(self.new_tags) | self.user_names
         before = len(self.new_tags)
         for tag in found:
-            key = canonical(tag)
+            key = raw_key(tag)  # the model writes names as Danbooru does
             if key in seen or self.bans.bans(tag):
                 continue
             seen.add(key)

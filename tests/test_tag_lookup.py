@@ -48,6 +48,9 @@ CSV_ROWS = [
     # The alias "dog" collides with the real tag "dog" below: the real tag wins.
     'cat,0,300,"dog,kitty"',
     "dog,0,200,",
+    # Danbooru files special and rating tags as general; their aliases must not be.
+    '1girl,0,6421189,"1girls,sole_female"',
+    'masterpiece,0,10,"master_piece"',
     "^_^,0,1000,",
     # Category 2 is unused on Danbooru: the row is skipped, not reported.
     "unused_category,2,5,",
@@ -166,6 +169,10 @@ def test_csv_names_use_spaces(lookup: TagLookup) -> None:
         ("kitty", info("cat", Category.GENERAL)),
         # An alias from the CSV onto a name kgen classified.
         ("miku", info("hatsune miku", Category.CHARACTER)),
+        # Aliases of the built-in special and quality tags take the built-in class.
+        ("1girls", info("1girl", Category.SPECIAL)),
+        ("sole_female", info("1girl", Category.SPECIAL)),
+        ("master_piece", info("masterpiece", Category.QUALITY)),
     ],
 )
 def test_aliases_resolve_to_their_tag(lookup: TagLookup, alias: str, expected: TagInfo) -> None:

@@ -16,6 +16,7 @@ from fake_lookup import FakeLookup
 from dtg_lib.backends import BackendCache
 from dtg_lib.dtg_format import INPUT_END
 from dtg_lib.model_selection import ModelChoice
+from dtg_lib.prompt_syntax import parse
 from dtg_lib.settings import UpsampleSettings
 from dtg_lib.upsampler import Upsampler
 
@@ -149,3 +150,16 @@ def test_result_carries_what_happened(monkeypatch):
     assert data["backend"] == "scripted" and data["seed"] == 2
     assert data["timings"]["generation_s"] > 0
     assert data["tag_categories"] == {"1girl": "special", "hatsune miku": "character"}
+
+
+def test_a_backslash_in_a_model_tag_is_part_of_its_name(monkeypatch):
+    r"""Danbooru's `\m/` and `\o/` keep their backslash; the final prompt escapes it for
+    the webui, and the user's own `\\m/` (a literal backslash) is not added again."""
+    backend = ScriptedBackend(per_round=3, vocab=[r"\m/", r"\o/", "smile"])
+    settings = UpsampleSettings(target="very_short", max_rounds=1)
+    result = make(backend, monkeypatch).upsample(r"1girl, \\m/", settings, seed=1)
+    assert set(result.new_tags) == {r"\o/", "smile"}
+    assert r"\\o/" in result.final_prompt and r"\\m/" in result.final_prompt
+    names = [tag.name for _, tag in parse(result.final_prompt).tags()]
+    assert sorted(names) == sorted(["1girl", r"\m/", r"\o/", "smile"])
+    assert r"general: 1girl, \m/" in result.model_input
