@@ -42,16 +42,23 @@ def reused_seed(generation_info: Any, gallery_index: Any, current: Any) -> Any:
 
 
 def _selected(generation_info: Any, gallery_index: Any) -> tuple[str | None, Any]:
+    """The selected image's infotext and seed.
+
+    `infotexts` follows the gallery (a grid's infotext first, when there is a grid);
+    `all_seeds` has the images only, so its index is shifted by the grid.
+    """
     try:
         info = json.loads(generation_info or "")
-        index = int(gallery_index) - int(info.get("index_of_first_image", 0))
+        index = int(gallery_index)
+        first = int(info.get("index_of_first_image", 0))
         infotexts, seeds = info["infotexts"], info["all_seeds"]
     except (ValueError, TypeError, KeyError, AttributeError):
         return None, None
-    index = min(max(index, 0), len(infotexts) - 1)
-    if index < 0:
+    if not infotexts:
         return None, None
-    return infotexts[index], seeds[index] if index < len(seeds) else None
+    index = min(max(index, 0), len(infotexts) - 1)
+    image = index - first
+    return infotexts[index], seeds[image] if 0 <= image < len(seeds) else None
 
 
 class ReuseWiring:

@@ -195,9 +195,12 @@ def test_fixed_dtg_seed_keeps_the_tags_whatever_the_image_seed(webui):
 
 
 def _generation_info(processed, first=0):
+    # With a grid, the host puts the grid first in the gallery and its infotext first
+    # in `infotexts`; `all_seeds` has the images' seeds only.
+    grid = ["a grid's infotext, without DTG keys"] if first else []
     return json.dumps(
         {
-            "infotexts": processed.infotexts,
+            "infotexts": grid + processed.infotexts,
             "all_seeds": processed.all_seeds,
             "index_of_first_image": first,
         }
@@ -212,6 +215,8 @@ def test_reuse_button_takes_the_selected_images_expansion_seed(webui):
     assert reused_seed(info, 2, -1) == 42
     # A grid first in the gallery shifts the index by one.
     assert reused_seed(_generation_info(processed, first=1), 2, -1) == 41
+    assert reused_seed(_generation_info(processed, first=1), 3, -1) == 42
+    assert reused_seed(_generation_info(processed, first=1), 0, 17) == 17  # the grid
     # The reused seed gives back that image's tags for any image seed.
     again = webui.run(webui.txt2img(on(dtg_seed=42), prompt="1girl", seed=99, batch_size=2))
     assert again.all_prompts == [processed.all_prompts[2]] * 2
