@@ -23,6 +23,7 @@ import re
 import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -56,6 +57,9 @@ CUDA_WHEELS = ((12, 1), (12, 2), (12, 3), (12, 4), (12, 5))
 WHEEL_PYTHONS = ((3, 10), (3, 11), (3, 12))
 WHEEL_ARCHES = ("x86_64", "amd64", "arm64", "aarch64")
 LLAMA_MODES = ("auto", "cpu", "skip")
+# A failed llama-cpp-python install (a source build takes minutes) is not tried again
+# at every start-up: only after this long, or when Python, torch or the mode change.
+RETRY_AFTER_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -274,10 +278,13 @@ class Installer:
             _restore(saved)
         return True
 
+    def llama_in_place(self) -> bool:
+        installed = self.version_of(LLAMA.dist)
+        return installed is not None and not needs_install(installed, LLAMA)
+
     def ensure_llama(self, steps: Iterable[PipStep]) -> str | None:
         """None when llama-cpp-python is usable, else why not (for the status file)."""
-        installed = self.version_of(LLAMA.dist)
-        if installed is not None and not needs_install(installed, LLAMA):
+        if self.llama_in_place():
             return None  # keep what the user has, whichever build it is
         tried = []
         broken = False  # an earlier step installed a build that does not import
@@ -307,18 +314,53 @@ def _restore(saved: Mapping[str, str | None]) -> None:
             os.environ[key] = value
 
 
-def status_for(llama_problem: str | None) -> dict[str, Any] | None:
-    """What the panel shows; None (no file) when everything is in place."""
+def status_for(
+    llama_problem: str | None, attempt: str = "", attempted_at: float = 0.0
+) -> dict[str, Any] | None:
+    """What the panel shows; None (no file) when everything is in place.
+
+    `attempt` names the conditions of the failed install (see `attempt_key`), so the
+    next start-up can tell whether trying again could turn out differently.
+    """
     if llama_problem is None:
         return None
     return {
         "llama_cpp": False,
+        "problem": llama_problem,
         "message": (
             f"{llama_problem}. DanTagGen uses the torch backend (Hugging Face models) instead; "
             "to use GGUF models, install llama-cpp-python into the webui's Python yourself "
             "and restart."
         ),
+        "attempt": attempt,
+        "attempted_at": attempted_at,
     }
+
+
+def attempt_key(machine: Machine, mode: str) -> str:
+    """What a llama-cpp-python install depends on; a change is worth another try."""
+    python = ".".join(map(str, machine.python))
+    return f"python {python}, torch {machine.torch_version}, mode {mode}, {LLAMA.minimum}"
+
+
+def retry_due(previous: Mapping[str, Any] | None, attempt: str, now: float) -> bool:
+    """Whether to try installing llama-cpp-python again after an earlier failure."""
+    if not isinstance(previous, Mapping) or previous.get("llama_cpp", True):
+        return True
+    if previous.get("attempt") != attempt:
+        return True
+    attempted_at = previous.get("attempted_at")
+    if not isinstance(attempted_at, (int, float)):
+        return True
+    return not 0 <= now - attempted_at < RETRY_AFTER_S
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_status(status: dict[str, Any] | None, path: Path = STATUS_FILE) -> None:
@@ -382,13 +424,27 @@ def install(launch: Any, environ: Mapping[str, str], argv: Sequence[str]) -> Non
     try:
         for requirement in REQUIREMENTS:
             installer.ensure(requirement)
-        problem = installer.ensure_llama(llama_steps(this_machine(), llama_mode(environ)))
-        write_status(status_for(problem))
-        if problem:
-            print(f"{PREFIX} {problem}; the torch backend will be used.")
+        _install_llama(installer, this_machine(), llama_mode(environ), time.time())
     finally:
         if constraints:
             Path(constraints).unlink(missing_ok=True)
+
+
+def _install_llama(installer: Installer, machine: Machine, mode: str, now: float) -> None:
+    attempt = attempt_key(machine, mode)
+    previous = read_status(STATUS_FILE)
+    if not installer.llama_in_place() and not retry_due(previous, attempt, now):
+        assert previous is not None
+        when = time.strftime("%Y-%m-%d", time.gmtime(previous["attempted_at"] + RETRY_AFTER_S))
+        print(
+            f"{PREFIX} llama-cpp-python failed to install earlier; not retried before {when} "
+            f"(delete {STATUS_FILE.name} to retry now); the torch backend will be used."
+        )
+        return
+    problem = installer.ensure_llama(llama_steps(machine, mode))
+    write_status(status_for(problem, attempt, now))
+    if problem:
+        print(f"{PREFIX} {problem}; the torch backend will be used.")
 
 
 def main() -> None:

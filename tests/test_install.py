@@ -326,3 +326,71 @@ def test_whole_run_with_fake_launch(monkeypatch, tmp_path, capsys):
     assert json.loads((tmp_path / "status.json").read_text())["llama_cpp"] is False
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "torch backend" in out[0]
+
+
+# --- a failed llama-cpp-python install is not retried at every start-up -----------
+
+DAY = 24 * 3600
+
+
+@pytest.fixture
+def status_writer(monkeypatch, tmp_path):
+    real = inst.write_status
+    monkeypatch.setattr(inst, "STATUS_FILE", tmp_path / "status.json")
+    monkeypatch.setattr(inst, "write_status", lambda s: real(s, tmp_path / "status.json"))
+    return tmp_path / "status.json"
+
+
+def _llama_calls(pip):
+    return [desc for _, desc in pip.calls if desc.startswith("llama-cpp-python")]
+
+
+def test_a_failed_llama_install_waits_a_week_before_trying_again(status_writer, capsys):
+    pip = Pip(fail_on=("llama",))
+    made, _ = installer(pip)
+    inst._install_llama(made, linux("2.1.2+cu121"), "auto", 1000.0)
+    tries = len(_llama_calls(pip))
+    assert tries == 3 and json.loads(status_writer.read_text())["attempted_at"] == 1000.0
+    capsys.readouterr()
+
+    inst._install_llama(made, linux("2.1.2+cu121"), "auto", 1000.0 + 6 * DAY)
+    assert len(_llama_calls(pip)) == tries  # no pip run at all
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "not retried before 1970-01-08" in out[0]
+    assert status_writer.exists(), "the panel still says why"
+
+    inst._install_llama(made, linux("2.1.2+cu121"), "auto", 1000.0 + 8 * DAY)
+    assert len(_llama_calls(pip)) == 2 * tries
+
+
+def test_a_new_torch_or_python_is_worth_another_try(status_writer):
+    pip = Pip(fail_on=("llama",))
+    made, _ = installer(pip)
+    inst._install_llama(made, linux("2.1.2+cu121"), "auto", 1000.0)
+    tries = len(_llama_calls(pip))
+    inst._install_llama(made, linux("2.3.1+cu121"), "auto", 1000.0 + DAY)
+    assert len(_llama_calls(pip)) == 2 * tries
+
+
+def test_llama_installed_by_hand_meanwhile_clears_the_status(status_writer):
+    made, _ = installer(Pip(fail_on=("llama",)))
+    inst._install_llama(made, linux("2.1.2+cu121"), "auto", 1000.0)
+    assert status_writer.exists()
+    by_hand, _ = installer(Pip(), {"llama-cpp-python": "0.3.2"})
+    inst._install_llama(by_hand, linux("2.1.2+cu121"), "auto", 1000.0 + DAY)
+    assert not status_writer.exists()
+
+
+@pytest.mark.parametrize(
+    ("previous", "due"),
+    [
+        (None, True),
+        ({"llama_cpp": True}, True),
+        ({"llama_cpp": False, "attempt": "other", "attempted_at": 0.0}, True),
+        ({"llama_cpp": False, "attempt": "key", "attempted_at": "yesterday"}, True),
+        ({"llama_cpp": False, "attempt": "key", "attempted_at": 10 * DAY}, True),  # future
+        ({"llama_cpp": False, "attempt": "key", "attempted_at": 0.0}, False),
+    ],
+)
+def test_retry_rules(previous, due):
+    assert inst.retry_due(previous, "key", 3 * DAY) is due
