@@ -23,6 +23,7 @@ from .backends.base import BackendUnavailable, ModelLoadError, PromptTooLong
 from .ban import compile_ban_list
 from .categories import Category, raw_key
 from .dtg_format import (
+    INPUT_END,
     ClassifiedPrompt,
     ClassifiedTag,
     build_model_input,
@@ -380,7 +381,12 @@ class _Rounds:
         self.prompt_eval_s += generation.prompt_eval_s
         self.generation_s += generation.generation_s
         # The model may extend the last tag it was fed, so read the fed tags back too.
-        added = self._keep(parse_model_output(text + generation.text))
+        generated = text + generation.text
+        if not generation.stopped_by_eos:
+            # Stopped by the token budget or the context: the last tag may be cut short
+            # ("thigh" of "thighhighs"), so it is not kept.
+            generated = _without_last_tag(generated)
+        added = self._keep(parse_model_output(generated))
         self.stale = 0 if added else self.stale + 1
         if self.stale >= STALE_ROUNDS:
             self.finished = True
@@ -405,6 +411,11 @@ class _Rounds:
             seen.add(key)
             self.new_tags.append(key)
         return len(self.new_tags) - before
+
+
+def _without_last_tag(generated: str) -> str:
+    head, end, tail = generated.rpartition(INPUT_END)
+    return f"{head}{end}{tail.rsplit(',', 1)[0]}" if "," in tail else f"{head}{end}"
 
 
 def _run_together(loops: Sequence[_Rounds], backend: Any, settings: UpsampleSettings) -> None:

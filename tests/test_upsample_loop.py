@@ -163,3 +163,22 @@ def test_a_backslash_in_a_model_tag_is_part_of_its_name(monkeypatch):
     names = [tag.name for _, tag in parse(result.final_prompt).tags()]
     assert sorted(names) == sorted(["1girl", r"\m/", r"\o/", "smile"])
     assert r"general: 1girl, \m/" in result.model_input
+
+
+@dataclass
+class CutShortBackend(ScriptedBackend):
+    """Every answer ends mid-tag, stopped by the token budget rather than by EOS."""
+
+    def generate(self, prompt, sampling, seed):
+        self.calls.append((prompt, seed))
+        fed = prompt.split(INPUT_END, 1)[1]
+        answer = ["tag1", "tag2", "ta"] if not fed else ["tag3", "thigh"]
+        text = (", " if fed else "") + ", ".join(answer)
+        return Generation(text, stopped_by_eos=False)
+
+
+def test_a_tag_cut_short_by_the_token_budget_is_not_kept(monkeypatch):
+    backend = CutShortBackend()
+    settings = UpsampleSettings(target="very_long", max_rounds=2)
+    result = make(backend, monkeypatch).upsample("1girl", settings, seed=3)
+    assert result.new_tags == ("tag1", "tag2", "tag3")
