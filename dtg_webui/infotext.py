@@ -139,6 +139,8 @@ def on_infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
         params[key] = getattr(restored, name)
     original = params.get(ORIGINAL_KEY)
     if not isinstance(original, str) or not original:
+        # The prompt stays the expansion: DTG on would expand it again.
+        params[PASTE_KEYS["enabled"]] = False
         return
     params[PROMPT_KEY] = original
     if restored.timing != "before":
@@ -178,10 +180,13 @@ def _with_prompt(infotext: str, prompt: str) -> str:
 def paste_getter(name: str) -> Callable[[dict[str, Any]], Any]:
     """`infotext_fields` key for one panel value.
 
-    "enabled" is answered for every paste, so pasting an image made without DTG turns
-    the panel off; the other values are left alone when the infotext has none.
+    "enabled" is answered for every paste: on only when `on_infotext_pasted` put the
+    original prompt back. So pasting an image made without DTG turns the panel off, and
+    so does the API's `infotext` field, which reads the getters without running the
+    paste callbacks: its prompt is the expansion, and it stays the image's prompt. The
+    other values are left alone when the infotext has none.
     """
     key = PASTE_KEYS[name]
     if name == "enabled":
-        return lambda params: PARAMS_KEY in params
+        return lambda params: params.get(key) is True
     return lambda params: params.get(key)

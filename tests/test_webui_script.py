@@ -514,3 +514,25 @@ def test_stub_does_not_leak_into_other_tests():
     ]
     assert leaked == []
     assert str(STUB) not in sys.path
+
+
+def test_the_api_infotext_field_does_not_expand_the_expansion_again(webui):
+    """The API reads the paste getters without running infotext_pasted callbacks, so
+    its prompt is the image's expansion: DTG must stay off for it."""
+    processed = webui.run(webui.txt2img(on(target="very_short"), prompt="1girl", seed=3))
+    parsed = webui.infotext_utils.parse_generation_parameters(processed.infotexts[0])
+    assert parsed["Prompt"] == "1girl, dtg 3"
+    assert _paste_getters(webui)[0](parsed) is False
+    # A paste in the UI runs the callbacks: original prompt back, DTG on.
+    pasted = webui.paste(processed.infotexts[0])
+    assert pasted["Prompt"] == "1girl" and _paste_getters(webui)[0](pasted) is True
+
+
+def test_paste_without_a_recorded_original_leaves_dtg_off(webui):
+    processed = webui.run(webui.txt2img(on(), prompt="1girl", seed=3))
+    text = "\n".join(line for line in processed.infotexts[0].split("\n")).replace(
+        ORIGINAL_KEY, "Not DTG"
+    )
+    pasted = webui.paste(text)
+    assert pasted["Prompt"] == "1girl, dtg 3"
+    assert _paste_getters(webui)[0](pasted) is False
