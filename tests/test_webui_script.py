@@ -530,9 +530,7 @@ def test_the_api_infotext_field_does_not_expand_the_expansion_again(webui):
 
 def test_paste_without_a_recorded_original_leaves_dtg_off(webui):
     processed = webui.run(webui.txt2img(on(), prompt="1girl", seed=3))
-    text = "\n".join(line for line in processed.infotexts[0].split("\n")).replace(
-        ORIGINAL_KEY, "Not DTG"
-    )
+    text = processed.infotexts[0].replace(ORIGINAL_KEY, "Not DTG")
     pasted = webui.paste(text)
     assert pasted["Prompt"] == "1girl, dtg 3"
     assert _paste_getters(webui)[0](pasted) is False
