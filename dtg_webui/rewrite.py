@@ -85,8 +85,19 @@ def begin_job(p: Any) -> None:
     if rewrite is not None:
         setattr(p, _REWRITE_ATTR, None)
         written, original = rewrite
-        if p.prompt == written:
+        if p.prompt in (written, _styled(p, written)):
             p.prompt = original
+
+
+def _styled(p: Any, prompt: Any) -> Any:
+    """`prompt` with the job's styles, as sd-dynamic-prompts writes it back to p.prompt."""
+    if not isinstance(prompt, str):
+        return None
+    try:
+        return host.apply_styles(prompt, getattr(p, "styles", None))
+    except Exception as exc:  # a host without styles: nothing to compare with
+        log.debug("DTG: could not apply styles: %s", exc)
+        return None
 
 
 def runs_now(p: Any, args: ScriptArgs, hook_timing: str) -> bool:

@@ -61,3 +61,33 @@ def test_preview_expands_what_the_job_would(styled, timing, expanded):
     preview_ui.run_preview("1girl", 7, 512, 512, ["quality"], *on(timing=timing))
     assert made.calls[0]["prompts"] == [expanded] == styled.engine.calls[0]["prompts"]
     assert job.all_prompts  # the job ran
+
+
+class PromptResetScript:
+    """sd-dynamic-prompts' process(): p.prompt becomes the first prompt, styles applied."""
+
+    args_from = args_to = 0
+
+    def title(self):
+        return "dynamic prompts"
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+    def process(self, p, *args):
+        p.prompt = p.all_prompts[0]
+
+
+def test_before_mode_on_a_reused_p_with_styles_and_dynamic_prompts(styled):
+    p = styled.processing.StableDiffusionProcessingImg2Img(
+        scripts=styled.runner(on(timing="before"), before=[PromptResetScript()]),
+        prompt="1girl",
+        seed=5,
+        init_images=["a"],
+        styles=["quality"],
+    )
+    styled.run(p)
+    p.seed = 6  # loopback's next round
+    second = styled.run(p)
+    assert styled.engine.calls[1]["prompts"] == ["1girl"]
+    assert second.all_prompts == ["1girl, dtg 6, masterpiece"]
