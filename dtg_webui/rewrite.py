@@ -167,9 +167,10 @@ def _file_under_each_image_seed(
     """
     if getattr(p, "subseed_strength", 0):
         return  # with variation seeds every image has the job's seed
+    if dtg_seed != RANDOM_SEED:
+        return  # every image's expansion seed is the fixed one, filed already
     images = int(getattr(p, "batch_size", 1) or 1) * int(getattr(p, "n_iter", 1) or 1)
-    seeds = [derive_seed(p.seed + offset, dtg_seed) for offset in range(1, images)]
-    RECENT.remember(settings.to_json(), seeds, [original] * len(seeds), [final] * len(seeds))
+    RECENT.remember_job(settings.to_json(), derive_seed(p.seed, dtg_seed), images, original, final)
 
 
 def fix_hires_infotext(p: Any) -> None:

@@ -119,3 +119,25 @@ def test_enabled_parsing():
     assert ScriptArgs(enabled=1).is_enabled() is True
     with pytest.raises(SettingsError, match="true or false"):
         ScriptArgs(enabled=2).is_enabled()
+
+
+@pytest.mark.parametrize("image", [0, 1, 639])
+def test_upscale_finds_any_image_of_a_big_before_job(webui, image):  # noqa: F811
+    # 640 images (the UI allows 8 x 100): more than the recent-expansion cache holds
+    # one by one, so "before" files the job once for its whole run of seeds.
+    first = webui.run(
+        webui.txt2img(on(timing="before"), prompt="1girl", seed=21, batch_size=8, n_iter=80)
+    )
+    calls = len(webui.engine.calls)
+    p = webui.txt2img(on(timing="before"), prompt="1girl", seed=21 + image, enable_hr=True)
+    p.txt2img_upscale = True
+    processed = webui.run(p)
+    assert processed.all_prompts == [first.all_prompts[image]]
+    assert len(webui.engine.calls) == calls
+
+
+def test_upscale_of_a_seed_outside_the_before_job_is_not_found(webui):  # noqa: F811
+    webui.run(webui.txt2img(on(timing="before"), prompt="1girl", seed=21, batch_size=2))
+    p = webui.txt2img(on(timing="before"), prompt="1girl", seed=23, enable_hr=True)
+    p.txt2img_upscale = True
+    assert webui.run(p).all_prompts == ["1girl"]

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from dtg_webui import engine
+from dtg_webui import engine, rewrite
 from dtg_webui.args import ARG_NAMES, ScriptArgs
 from dtg_webui.infotext import ERROR_KEY, NOTICE_KEY, ORIGINAL_KEY, PARAMS_KEY
+from dtg_webui.recent import RecentExpansions
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB = Path(__file__).resolve().parent / "webui_stub"
@@ -85,9 +86,12 @@ def webui():
         return fake
 
     engine.set_factory(factory)
+    # Each test starts with no expansions remembered for the Upscale button.
+    saved_recent, rewrite.RECENT = rewrite.RECENT, RecentExpansions()
     try:
         yield _Webui(fake, factory_calls)
     finally:
+        rewrite.RECENT = saved_recent
         engine.set_factory(None)
         for name in [n for n in sys.modules if _is_webui_module(n)]:
             del sys.modules[name]
