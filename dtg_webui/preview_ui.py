@@ -4,7 +4,8 @@ The prompt, seed and size boxes belong to the webui, not to this script. They ar
 caught as they are built (the script's `after_component` hook, by elem_id) and the
 Preview button is wired as soon as both it and the prompt box exist, whichever the
 host builds first. "Use in prompt" is done in javascript/dtg.js, which reads the
-final prompt out of the preview (`.dtg-preview-final`).
+final prompt out of the preview (`.dtg-preview-final`); the same click clears the
+styles box here when the previewed expansion already holds the styles.
 """
 
 from __future__ import annotations
@@ -49,27 +50,43 @@ def host_field(elem_id: Any) -> str | None:
 def run_preview(
     prompt: Any, image_seed: Any, width: Any, height: Any, styles: Any, *panel: Any
 ) -> str:
-    """The click handler: HTML for the preview box. Never raises into gradio."""
+    """HTML for the preview box. Never raises into gradio."""
+    return preview(prompt, image_seed, width, height, styles, *panel)[0]
+
+
+def preview(
+    prompt: Any, image_seed: Any, width: Any, height: Any, styles: Any, *panel: Any
+) -> tuple[str, bool]:
+    """The click handler: the preview's HTML, and whether the expansion has the styles in it.
+
+    In "after" mode a job expands the prompt with its styles applied, so the preview
+    does too; "Use in prompt" then clears the styles box (`styles_after_copy`), as the
+    host's own "apply styles" button does, or the next job would add them twice.
+    """
     if not isinstance(prompt, str) or not prompt.strip():
-        return _message("The prompt box is empty: write a prompt, then preview it.")
+        return _message("The prompt box is empty: write a prompt, then preview it."), False
     args = ScriptArgs.from_args(panel)
     config = host.config()
     try:
         settings = args.settings(backend=config.backend, device=config.device)
     except SettingsError as exc:
-        return _message(f"Invalid settings: {exc}")
+        return _message(f"Invalid settings: {exc}"), False
     seed = fix_seed(image_seed)
     try:
-        if settings.timing != "before":  # a job expands the prompt with its styles applied
-            prompt = host.apply_styles(prompt, styles)
+        styled = host.apply_styles(prompt, styles) if settings.timing != "before" else prompt
         upsampler = engine.get_engine(config.model_dir, host.embedding_names())
         (result,) = upsampler.upsample_many(
-            [prompt], settings, [derive_seed(seed, args.seed())], _size(width), _size(height)
+            [styled], settings, [derive_seed(seed, args.seed())], _size(width), _size(height)
         )
     except Exception as exc:  # a preview failure is shown in the box, never a gradio error
         log.error("DTG: preview failed: %s: %s", type(exc).__name__, exc)
-        return _message(f"Preview failed: {type(exc).__name__}: {exc}")
-    return preview_html(result, seed)
+        return _message(f"Preview failed: {type(exc).__name__}: {exc}"), False
+    return preview_html(result, seed), styled != prompt
+
+
+def styles_after_copy(styles_in_preview: Any, styles: Any) -> Any:
+    """The styles box after "Use in prompt": empty when the copied text holds the styles."""
+    return [] if styles_in_preview is True else styles
 
 
 def preview_html(result: Any, image_seed: int) -> str:
@@ -119,8 +136,11 @@ class PreviewWiring:
             self.host_components[name] = component
             self._wire()
 
-    def set_controls(self, button: Any, output: Any, panel: list[Any]) -> None:
-        self.controls = (button, output, list(panel))
+    def set_controls(
+        self, button: Any, output: Any, panel: list[Any], copy: Any, styles_in_preview: Any
+    ) -> None:
+        """`copy` is "Use in prompt"; `styles_in_preview` a gr.State the preview sets."""
+        self.controls = (button, output, list(panel), copy, styles_in_preview)
         self._wire()
 
     def _wire(self) -> None:
@@ -128,9 +148,13 @@ class PreviewWiring:
             return
         import gradio as gr
 
-        button, output, panel = self.controls
+        button, output, panel, copy, styles_in_preview = self.controls
         inputs = [
             self.host_components.get(name) or gr.State(default) for name, default in HOST_INPUTS
         ]
-        button.click(fn=run_preview, inputs=[*inputs, *panel], outputs=[output])
+        button.click(fn=preview, inputs=[*inputs, *panel], outputs=[output, styles_in_preview])
+        styles = self.host_components.get("styles")
+        if styles is not None:
+            # Beside javascript/dtg.js, which copies the text on the same click.
+            copy.click(fn=styles_after_copy, inputs=[styles_in_preview, styles], outputs=[styles])
         self.wired = True

@@ -164,8 +164,9 @@ class DanTagGenScript(scripts.Script):
                 )
             with gr.Row():
                 preview = gr.Button("Preview", **ids("preview-run"))
-                gr.Button("Use in prompt", **ids("copy"))
+                copy = gr.Button("Use in prompt", **ids("copy"))
             preview_box = gr.HTML(preview_ui.EMPTY_HTML, **ids("preview"))
+            styles_in_preview = gr.State(False)
         follow_seed.click(fn=lambda: RANDOM_SEED, inputs=[], outputs=[dtg_seed])
 
         components = [
@@ -189,7 +190,7 @@ class DanTagGenScript(scripts.Script):
             for component, name in zip(components, ARG_NAMES)
         ]
         self.paste_field_names = list(infotext.PASTE_KEYS.values())
-        self.preview.set_controls(preview, preview_box, components)
+        self.preview.set_controls(preview, preview_box, components, copy, styles_in_preview)
         self.reuse.set_controls(reuse, dtg_seed)
         return components
 

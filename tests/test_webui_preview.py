@@ -104,34 +104,45 @@ class FakeButton:
         self.clicks.append(kwargs)
 
 
-@pytest.mark.parametrize("prompt_first", [True, False])
-def test_wired_once_whichever_comes_first(prompt_first):
+def test_wired_once_with_every_host_box():
     wiring = preview_ui.PreviewWiring()
-    button, output, panel = FakeButton(), object(), ["a", "b"]
-    host = {name: f"<{name}>" for name, _ in preview_ui.HOST_INPUTS}
-
-    def host_boxes():
-        for name, component in host.items():
-            wiring.saw_component(component, f"txt2img_{name}")
-
-    if prompt_first:
-        host_boxes()
-        wiring.set_controls(button, output, panel)
-    else:
-        wiring.set_controls(button, output, panel)
-        host_boxes()  # wired at the prompt box; the later boxes are not needed
-    assert len(button.clicks) == 1
+    button, copy, output, state, panel = FakeButton(), FakeButton(), "out", "state", ["a", "b"]
+    for name, _ in preview_ui.HOST_INPUTS:
+        wiring.saw_component(f"<{name}>", f"txt2img_{name}")
+    wiring.set_controls(button, output, panel, copy, state)
+    wiring.saw_component("<late>", "txt2img_prompt")  # nothing wires twice
     (click,) = button.clicks
-    assert click["fn"] is preview_ui.run_preview and click["outputs"] == [output]
-    assert click["inputs"][0] == "<prompt>" and click["inputs"][-2:] == panel
+    assert click["fn"] is preview_ui.preview and click["outputs"] == [output, state]
+    assert click["inputs"] == [f"<{n}>" for n, _ in preview_ui.HOST_INPUTS] + panel
+    (copied,) = copy.clicks
+    assert copied["fn"] is preview_ui.styles_after_copy
+    assert copied["inputs"] == [state, "<styles>"] and copied["outputs"] == ["<styles>"]
+
+
+def test_wired_at_the_prompt_box_when_the_panel_comes_first(monkeypatch):
+    gr = pytest.importorskip("gradio")
+    monkeypatch.setattr(gr, "State", lambda value: ("state", value))
+    wiring = preview_ui.PreviewWiring()
+    button, copy = FakeButton(), FakeButton()
+    wiring.set_controls(button, "out", ["a"], copy, "state")
+    wiring.saw_component("<prompt>", "txt2img_prompt")
+    (click,) = button.clicks
+    assert click["inputs"][0] == "<prompt>" and click["inputs"][-1] == "a"
+    assert ("state", ()) in click["inputs"], "the styles box not seen yet: no styles"
+    assert copy.clicks == [], "no styles box to clear"
 
 
 def test_no_prompt_box_no_wiring():
     wiring = preview_ui.PreviewWiring()
     button = FakeButton()
-    wiring.set_controls(button, object(), [])
+    wiring.set_controls(button, object(), [], FakeButton(), object())
     wiring.saw_component(object(), "txt2img_seed")
     assert button.clicks == [] and not wiring.wired
+
+
+@pytest.mark.parametrize(("applied", "after"), [(True, []), (False, ["q"]), (None, ["q"])])
+def test_use_in_prompt_clears_the_styles_only_when_the_text_holds_them(applied, after):
+    assert preview_ui.styles_after_copy(applied, ["q"]) == after
 
 
 def test_ui_wires_preview_to_the_prompt_box(webui):  # noqa: F811
@@ -141,8 +152,9 @@ def test_ui_wires_preview_to_the_prompt_box(webui):  # noqa: F811
         webui.script.after_component(prompt, elem_id="txt2img_prompt")
         components = webui.script.ui(False)
     assert webui.script.preview.wired
-    button, output, panel = webui.script.preview.controls
+    button, output, panel, copy, _ = webui.script.preview.controls
     assert button.elem_id == "dtg-txt2img-preview-run"
+    assert copy.elem_id == "dtg-txt2img-copy"
     assert output.elem_id == "dtg-txt2img-preview"
     assert panel == components
 

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import re
+from html import unescape
+
 import pytest
 from test_webui_script import ORIGINAL_KEY, on, params, webui  # noqa: F401
 from webui_fakes import ResultEngine
@@ -91,3 +94,22 @@ def test_before_mode_on_a_reused_p_with_styles_and_dynamic_prompts(styled):
     second = styled.run(p)
     assert styled.engine.calls[1]["prompts"] == ["1girl"]
     assert second.all_prompts == ["1girl, dtg 6, masterpiece"]
+
+
+@pytest.mark.parametrize("styles", [["quality"], ["frame"]])
+def test_use_in_prompt_then_generate_applies_the_styles_once(styled, styles):
+    engine.set_factory(lambda model_dir, embeddings: ResultEngine())
+    html, applied = preview_ui.preview("1girl", 7, 512, 512, styles, *on())
+    copied = re.search(r'class="dtg-preview-final"[^>]*>(.*?)</pre>', html, re.S).group(1)
+    left = preview_ui.styles_after_copy(applied, styles)  # what "Use in prompt" leaves
+    assert left == []
+    job = styled.run(styled.txt2img([False], prompt=unescape(copied), seed=7, styles=left))
+    assert job.all_prompts == [unescape(copied)]
+    once = styled.shared.prompt_styles.apply_styles_to_prompt("1girl", styles)
+    assert job.all_prompts[0].startswith(once)
+
+
+def test_use_in_prompt_keeps_the_styles_in_before_mode(styled):
+    engine.set_factory(lambda model_dir, embeddings: ResultEngine())
+    _, applied = preview_ui.preview("1girl", 7, 512, 512, ["quality"], *on(timing="before"))
+    assert preview_ui.styles_after_copy(applied, ["quality"]) == ["quality"]
