@@ -806,6 +806,13 @@ def tiny_model_cached(cache_dir: Path, *, seed: int = 0) -> TinyModel:
     return _layout(cache_dir)
 
 
+BUILD_MODULES = ("torch", "transformers", "sentencepiece", "tokenizers", "gguf", "numpy")
+
+
+def missing_build_modules() -> list[str]:
+    return [name for name in BUILD_MODULES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dtg_lib.tiny_model",
@@ -814,6 +821,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    missing = missing_build_modules()
+    if missing:
+        # Checked first: training takes minutes, and the GGUF writer is needed last.
+        parser.exit(
+            2,
+            f"error: building the tiny model needs {', '.join(missing)}: "
+            "pip install -e '.[torch,tiny]'\n",
+        )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     built = build_tiny_model(args.out_dir, seed=args.seed)
     for path in (built.hf_dir, built.gguf_f16, built.gguf_f32):

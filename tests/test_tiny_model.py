@@ -307,3 +307,14 @@ def test_cli_builds_into_the_given_folder(tmp_path, monkeypatch, capsys):
     assert tm.main([str(tmp_path / "out"), "--seed", "7"]) == 0
     assert calls == [(tmp_path / "out", 7)]
     assert "tiny-dtg-f16.gguf" in capsys.readouterr().out
+
+
+def test_a_missing_build_module_is_one_line_before_any_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tm, "missing_build_modules", lambda: ["gguf"])
+    monkeypatch.setattr(tm, "build_tiny_model", lambda *a, **k: pytest.fail("trained anyway"))
+    with pytest.raises(SystemExit) as exited:
+        tm.main([str(tmp_path / "tiny")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: building the tiny model needs gguf: pip install -e '.[torch,tiny]'"]
+    assert not (tmp_path / "tiny").exists()
