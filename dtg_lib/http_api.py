@@ -43,6 +43,8 @@ log = logging.getLogger("dtg")
 PREFIX = "/dtg/v1"
 MAX_ITEMS = 64  # expansions per request; each one runs the model for up to max_rounds rounds
 MAX_SIZE = 16384
+# Characters per prompt: a long real prompt has a few thousand; the engine reads every tag.
+MAX_PROMPT_CHARS = 50_000
 RANDOM_SEED = -1
 _SEED_LIMIT = 2**63  # keeps seeds inside what JSON clients and numpy-based code round-trip
 
@@ -110,6 +112,8 @@ def _decode(body: bytes) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise RequestError("the request body nests too deeply") from exc
 
 
 # ---------------------------------------------------------------- request checking
@@ -159,14 +163,25 @@ def _prompt_list(prompt: Any, prompts: Any) -> tuple[str, ...]:
     if prompt is not None:
         if not isinstance(prompt, str):
             raise RequestError(f"prompt must be text, got {type(prompt).__name__}")
-        return (prompt,)
+        return (_checked_text(prompt, "prompt"),)
     if not isinstance(prompts, list) or not prompts:
         raise RequestError("prompts must be a non-empty list of texts")
     if len(prompts) > MAX_ITEMS:
         raise RequestError(f"at most {MAX_ITEMS} prompts per request, got {len(prompts)}")
     if not all(isinstance(p, str) for p in prompts):
         raise RequestError("every entry of prompts must be text")
-    return tuple(prompts)
+    return tuple(_checked_text(p, "prompts") for p in prompts)
+
+
+def _checked_text(text: str, name: str) -> str:
+    if len(text) > MAX_PROMPT_CHARS:
+        raise RequestError(f"{name}: at most {MAX_PROMPT_CHARS} characters, got {len(text)}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON allows an escaped lone surrogate ("\ud800"); it is no character at all.
+        raise RequestError(f"{name} is not valid Unicode text: {exc.reason}") from exc
+    return text
 
 
 def _seed_list(seeds: Any) -> tuple[int, ...]:

@@ -109,6 +109,8 @@ def test_defaults_fill_in_the_model(fake, tmp_path):
         ({"prompt": "a", "settings": {"colour": 1}}, "unknown setting(s): colour"),
         ({"prompt": "a", "settings": {"ban_tags": "/(/"}}, "invalid setting"),
         ({"prompt": "a", "settings": {"model": 5}}, "model must be text"),
+        ({"prompt": "a, " * 20_000}, "at most 50000 characters"),
+        ({"prompt": "a", "settings": {"device": "banana"}}, "unknown device 'banana'"),
     ],
 )
 def test_bad_requests_are_422_with_a_reason(client, fake, body, reason):
@@ -148,8 +150,24 @@ def test_model_names_that_are_allowed(client, fake, tmp_path):
     assert models[3] == str((tmp_path / "mine.gguf").resolve())
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (rb'{"prompt": "a, \ud800 b"}', "prompt is not valid Unicode text"),
+        (rb'{"prompts": ["a", "\udfff"]}', "prompts is not valid Unicode text"),
+    ],
+)
+def test_an_escaped_lone_surrogate_is_422(client, fake, content, reason):
+    # Valid JSON, but no character: the engine could not even write it out.
+    headers = {"content-type": "application/json"}
+    response = client.post(URL, content=content, headers=headers)
+    assert response.status_code == 422 and reason in response.json()["detail"]
+    assert fake.calls == []
+
+
 def test_body_that_is_not_json_is_422(client):
-    for content in (b"", b"{", b"\xff\xfe", b"[1, 2]"):
+    deep = b'{"prompt": "a", "settings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for content in (b"", b"{", b"\xff\xfe", b"[1, 2]", deep):
         response = client.post(URL, content=content, headers={"content-type": "application/json"})
         assert response.status_code == 422
         assert isinstance(response.json()["detail"], str)
