@@ -91,7 +91,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
         description="Serve the DTG page at / and the HTTP API at /dtg/v1/ on one port.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=7870)
+    parser.add_argument("--port", type=_port, default=7870, help="1 to 65535 (default 7870)")
     parser.add_argument("--model", default=None, help="default model: registry name or path")
     parser.add_argument(
         "--model-dir", type=Path, default=None, help="the only folder API requests may name"
@@ -99,6 +99,31 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--offline", action="store_true", help="never download")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
+    return port
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen there, found before it says where it listens."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def serve(argv: Sequence[str]) -> int:
@@ -114,6 +139,10 @@ def serve(argv: Sequence[str]) -> int:
             f"error: the app needs gradio and fastapi: pip install 'dtg-upsampler[app]' ({exc})",
             file=sys.stderr,
         )
+        return 1
+    problem = _bind_problem(args.host, args.port)
+    if problem:
+        print(f"error: {problem} (choose another with --port or --host)", file=sys.stderr)
         return 1
     server.serve(
         args.host,

@@ -73,3 +73,48 @@ def test_list_models(capsys):
     assert cli.main(["--list-models", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "delta-rev2" in data["registry"] and data["local"] == []
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    """`dtg_app.server` replaced by one that records the call instead of serving."""
+    import sys
+    import types
+
+    calls = []
+    module = types.SimpleNamespace(serve=lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setitem(sys.modules, "dtg_app.server", module)
+    return calls
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_serve_refuses_a_port_that_is_none(fake_server, capsys, port):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--port", port])
+    assert exited.value.code == 2
+    assert "--port" in capsys.readouterr().err
+    assert fake_server == []
+
+
+def test_serve_says_when_the_port_is_taken_before_saying_where_it_listens(fake_server, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert fake_server == []
+
+
+def test_serve_hands_a_free_port_to_the_server(fake_server):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert cli.main(["serve", "--port", str(port), "--offline"]) == 0
+    ((args, kwargs),) = fake_server
+    assert args == ("127.0.0.1", port) and kwargs["allow_download"] is False
