@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Expand a Stable Diffusion prompt with DanTagGen.",
     )
     parser.add_argument("prompt", nargs="?", help="the prompt, in webui syntax")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampling seed (default 0; -1: a random one, printed to stderr to replay it)",
+    )
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--target", default="long", help=f"one of {', '.join(TARGETS)}")
@@ -172,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         upsampler = _upsampler(args)
         if args.dry_run:
             return _dry_run(upsampler, args, settings)
-        result = upsampler.upsample(args.prompt, settings, args.seed, args.width, args.height)
+        seed = _chosen_seed(args.seed)
+        result = upsampler.upsample(args.prompt, settings, seed, args.width, args.height)
     except SettingsError as exc:
         print(f"error: invalid setting: {exc}", file=sys.stderr)
         return 2
@@ -186,6 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(result.final_prompt)
     return 0
+
+
+def _chosen_seed(seed: int) -> int:
+    """-1 is "random", as in the webui and the HTTP API; the seed drawn is printed."""
+    if seed != -1:
+        return seed
+    drawn = random.randrange(2**32)
+    print(f"seed: {drawn}", file=sys.stderr)
+    return drawn
 
 
 def _upsampler(args: argparse.Namespace) -> Any:

@@ -118,3 +118,23 @@ def test_serve_hands_a_free_port_to_the_server(fake_server):
     assert cli.main(["serve", "--port", str(port), "--offline"]) == 0
     ((args, kwargs),) = fake_server
     assert args == ("127.0.0.1", port) and kwargs["allow_download"] is False
+
+
+def test_seed_minus_one_draws_a_seed_and_prints_it(capsys, monkeypatch):
+    import types
+
+    seen = []
+
+    class RecordingUpsampler:
+        def upsample(self, prompt, settings, seed, width, height):
+            seen.append(seed)
+            return types.SimpleNamespace(final_prompt=f"{prompt}, more")
+
+    monkeypatch.setattr(cli, "_upsampler", lambda args: RecordingUpsampler())
+    monkeypatch.setattr(cli.random, "randrange", lambda limit: 123456)
+    assert cli.main(["--seed", "-1", "1girl"]) == 0
+    assert seen == [123456]
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "seed: 123456" and captured.out.strip() == "1girl, more"
+    assert cli.main(["--seed", "7", "1girl"]) == 0
+    assert seen[-1] == 7 and capsys.readouterr().err == ""
