@@ -105,11 +105,12 @@ def _append(items: Sequence[PromptItem], added: list[str]) -> str:
         return "".join(i.text for i in items)
     stop = next((i for i, it in enumerate(items) if it.kind is ItemKind.AND), len(items))
     stop = _back_over(items, stop, (ItemKind.SEPARATOR, ItemKind.PART_WEIGHT))
-    opened = stop > 0 and leaves_bracket_open(items[stop - 1].text)
-    if opened:
+    opened_at = first_left_open(items, stop)
+    opened = opened_at is not None
+    if opened_at is not None:
         # A bracket left open reaches to the end of its part: the new tags go in front
-        # of that item, out of its reach, and the user's text keeps its weights.
-        stop = _back_over(items, stop - 1, (ItemKind.SEPARATOR,))
+        # of the item that opens it, out of its reach, and the user's text keeps its weights.
+        stop = _back_over(items, opened_at, (ItemKind.SEPARATOR,))
     head = "".join(i.text for i in items[:stop])
     tail = "".join(i.text for i in items[stop:])
     joined = _sealed(", ".join(added), tail)
@@ -128,18 +129,36 @@ def _back_over(items: Sequence[PromptItem], stop: int, kinds: tuple[ItemKind, ..
 
 def leaves_bracket_open(text: str) -> bool:
     """Whether `text` opens a bracket it does not close (escaped brackets do not count)."""
-    depth = 0
-    escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}" and depth > 0:
-            depth -= 1
-    return depth > 0
+    return bool(_unclosed(text))
+
+
+def first_left_open(items: Sequence[PromptItem], stop: int) -> int | None:
+    """The first of items[:stop] that opens a bracket nothing up to `stop` closes."""
+    owners = [index for index, item in enumerate(items[:stop]) for _ in item.text]
+    unclosed = _unclosed("".join(item.text for item in items[:stop]))
+    return min(owners[position] for position in unclosed) if unclosed else None
+
+
+def _unclosed(text: str) -> list[int]:
+    """Positions of the brackets `text` leaves open.
+
+    As the webui reads them: each kind closes only its own kind (`)` never closes
+    `[`), and a closer with nothing of its kind open is plain text.
+    """
+    open_at: dict[str, list[int]] = {"(": [], "[": [], "{": []}
+    closes = {")": "(", "]": "[", "}": "{"}
+    position = 0
+    while position < len(text):
+        char = text[position]
+        if char == "\\":
+            position += 2
+            continue
+        if char in open_at:
+            open_at[char].append(position)
+        elif char in closes and open_at[closes[char]]:
+            open_at[closes[char]].pop()
+        position += 1
+    return sorted(p for positions in open_at.values() for p in positions)
 
 
 def _spaced(tail: str) -> str:
@@ -149,11 +168,11 @@ def _spaced(tail: str) -> str:
 def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) -> str:
     items = prompt.parsed.items
     stop = next((i for i, it in enumerate(items) if it.kind in _STRUCTURE), len(items))
-    last = _back_over(items, stop, (ItemKind.SEPARATOR,)) - 1
-    # An item that leaves a bracket open reaches to the end of its part: it stays last,
-    # so that nothing moves into its reach.
-    opened = items[last] if last >= 0 and leaves_bracket_open(items[last].text) else None
-    slots = _slot_contents(prompt, last if opened else stop)
+    # Items from one that leaves a bracket open reach to the end of their part: they
+    # stay last, as written, so that nothing moves into or out of that bracket's reach.
+    opened_at = first_left_open(items, stop)
+    kept = "" if opened_at is None else "".join(i.text for i in items[opened_at:stop]).strip()
+    slots = _slot_contents(prompt, stop if opened_at is None else opened_at)
     slots["general"].extend(added)
     # Slots the template leaves out still hold the user's items (and the new tags):
     # they go on a last line rather than out of the prompt.
@@ -163,13 +182,14 @@ def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) ->
         template = f"{template}\n{', '.join(left_out)}"
     head = _render_template(template, {k: ", ".join(v) for k, v in slots.items()})
     tail = "".join(i.text for i in items[stop:]).strip()
-    if opened is not None:
-        head = f"{head}, {opened.text}" if head else opened.text
-    else:
-        head = _sealed(head, tail)
+    head = _after(head, kept) if kept else _sealed(head, tail)
     if not tail:
         return head
     return f"{head}\n{tail}" if head else tail
+
+
+def _after(head: str, kept: str) -> str:
+    return f"{head}, {kept}" if head else kept
 
 
 def _sealed(text: str, rest: str) -> str:

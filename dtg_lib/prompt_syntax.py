@@ -284,11 +284,14 @@ def _parse_part(text: str, start: int, end: int, embeddings: Collection[str]) ->
     weight_match = _PART_WEIGHT.search(part)
     blocked = {p for s in spans for p in s.neutral}
     if weight_match and not any(s.start <= weight_match.start() < s.end for s in spans):
+        # From its colon: the space before it may belong to a separator (", :0.7"),
+        # which would otherwise run past the start of the span and hide it.
+        colon = part.index(":", weight_match.start())
         weight_span = _Span(
-            weight_match.start(),
+            colon,
             weight_match.end(),
             ItemKind.PART_WEIGHT,
-            tuple(range(weight_match.start(), weight_match.end())),
+            tuple(range(colon, weight_match.end())),
         )
         spans.append(weight_span)
         blocked |= set(weight_span.neutral)

@@ -201,6 +201,10 @@ def _word_weights(text):
         "(solo, smile",
         "masterpiece, (cat, [dog:1.2), sky",
         "1girl, (hatsune miku AND landscape",
+        # A closer of the other kind closes nothing: the bracket stays open.
+        "1girl, [smile), sky",
+        "1girl, (smile], sky",
+        "cat, (dog, [sky) AND x",
     ],
 )
 def test_a_bracket_left_open_keeps_every_weight(fmt, text):
@@ -211,3 +215,21 @@ def test_a_bracket_left_open_keeps_every_weight(fmt, text):
     after = _word_weights(out.split("AND")[0])
     assert {w: after[w] for w in before} == before
     assert after["blue"] == after["eyes"] == 1.0
+
+
+# The webui's AND split and an AND part's trailing weight, written from its documented rule.
+_AND_SPLIT = re.compile(r"\bAND\b")
+_PART_WEIGHT_RULE = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def _part_weights(text):
+    return [float(_PART_WEIGHT_RULE.search(p).group(2) or 1) for p in _AND_SPLIT.split(text)]
+
+
+@pytest.mark.parametrize("fmt", ["append", "default", "one line"])
+@pytest.mark.parametrize(
+    "text", ["1girl, solo, :0.7 AND cat", "1girl, solo, :0.5", "1girl,:1.3 AND cat :0.2"]
+)
+def test_a_part_weight_the_user_wrote_after_a_comma_keeps_ending_its_part(fmt, text):
+    out = assemble(classified(text), ["blue eyes", ":3"], fmt)
+    assert _part_weights(out) == _part_weights(text), out

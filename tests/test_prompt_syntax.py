@@ -69,8 +69,10 @@ def test_weights(text, expected):
         ("BREAK, 1girl", [("break", "BREAK"), ("tag", "1girl")]),
         ("a BREAK b", [("tag", "a"), ("break", "BREAK"), ("tag", "b")]),
         ("BREAKfast", [("tag", "BREAKfast")]),
-        ("a AND b :0.5", [("tag", "a"), ("and", "AND"), ("tag", "b"), ("part_weight", " :0.5")]),
-        ("a :1.2 AND b", [("tag", "a"), ("part_weight", " :1.2 "), ("and", "AND"), ("tag", "b")]),
+        ("a AND b :0.5", [("tag", "a"), ("and", "AND"), ("tag", "b"), ("part_weight", ":0.5")]),
+        ("a :1.2 AND b", [("tag", "a"), ("part_weight", ":1.2 "), ("and", "AND"), ("tag", "b")]),
+        # After a separator too: its space must not hide the weight ("1girl, :0.7").
+        ("a, :0.7 AND b", [("tag", "a"), ("part_weight", ":0.7 "), ("and", "AND"), ("tag", "b")]),
         ("[a:b:0.4]", [("editing", "[a:b:0.4]")]),
         ("[a:0.4]", [("editing", "[a:0.4]")]),
         ("[a::0.4]", [("editing", "[a::0.4]")]),
