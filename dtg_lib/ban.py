@@ -104,6 +104,8 @@ def _compile(entry: str) -> Any:
             return regex.compile(source, regex.IGNORECASE)
         except regex.error as exc:
             raise BanListError(f"ban list entry {entry!r} is not a valid regex: {exc}") from exc
-    key = canonical(entry)
-    pieces = (re.escape(piece) for piece in key.split("*"))
-    return regex.compile(".*".join(pieces), regex.IGNORECASE)
+    # Written as Danbooru spells the tag (`\m/`) or as a webui prompt escapes it
+    # (`ganyu \(genshin impact\)`): either spelling bans it.
+    keys = dict.fromkeys((raw_key(entry), canonical(entry)))
+    forms = (".*".join(re.escape(piece) for piece in key.split("*")) for key in keys)
+    return regex.compile("|".join(f"(?:{form})" for form in forms), regex.IGNORECASE)

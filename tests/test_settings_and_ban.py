@@ -51,6 +51,10 @@ def test_settings_round_trip_through_json():
         ("/.*(cap|hood)/", ["baseball cap", "HOOD"], ["capelet"]),
         ("/a{1,3}/, b", ["aaa", "b"], ["aaaa"]),
         ("", [], ["anything"]),
+        # Spelt as Danbooru does (the backslash is part of the tag) or webui-escaped.
+        (r"\m/", [r"\m/"], ["m", r"double \m/"]),
+        (r"double \m/, \(^o^)/", [r"double \m/", r"\(^o^)/"], [r"\m/"]),
+        (r"ganyu \(genshin impact\)", ["ganyu (genshin impact)"], ["ganyu"]),
     ],
 )
 def test_ban_entries_match_whole_tags(entries, banned, kept):
