@@ -144,6 +144,10 @@ def test_new_text_starts_with_the_space_of_a_first_word(backend):
     assert decode(ids) == " long hair, smile"
     comma = ids.index(next(i for i in ids if decode([i]) == ","))
     assert decode(ids[comma:]) == ", smile"
+    # A byte-fallback space first is a space too (as a word-start piece is).
+    if backend.name == "torch":
+        space = tokenizer.convert_tokens_to_ids("<0x20>")
+        assert decode([space, *ids[1:2]]) == "  hair"
 
 
 def test_continuation_prompt(backend):

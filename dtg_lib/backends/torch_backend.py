@@ -45,6 +45,9 @@ DTYPES = {
 DEFAULT_CONTEXT = 2048
 # SentencePiece's mark of a piece that begins a word.
 WORD_START = "\u2581"
+# A plain piece that decodes to itself, put before generated tokens so that their first
+# word keeps its space (see new_text).
+ANCHOR = ","
 # "auto", "eager", "static" or "graph" (see torch_steps); for benchmarks and bug hunts.
 DECODE_ENV = "DTG_TORCH_DECODE"
 
@@ -124,15 +127,27 @@ def dtype_keyword(transformers: Any) -> str:
 def new_text(tokenizer: Any, tokens: list[int]) -> str:
     """The text of generated tokens as it continues the prompt.
 
-    Decoded alone, a first piece that starts a word ("▁out") loses its space; put it
-    back, or a round that continues its last fed tag would glue the two words.
+    Decoded alone, a first piece that starts a word ("▁out", or a byte-fallback space)
+    loses its space; a round that continues its last fed tag would then glue the two
+    words. So the tokens are decoded after a comma, which is then cut off again.
     """
-    text = tokenizer.decode(tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if tokens:
+        anchor = tokenizer.convert_tokens_to_ids(ANCHOR)
+        if isinstance(anchor, int) and anchor != tokenizer.unk_token_id:
+            head = _decode(tokenizer, [anchor])
+            both = _decode(tokenizer, [anchor, *tokens])
+            if both.startswith(head):
+                return both[len(head) :]
+    text = _decode(tokenizer, tokens)
     if tokens and not text.startswith(" "):
         first = tokenizer.convert_ids_to_tokens(tokens[0])
         if isinstance(first, str) and first.startswith(WORD_START):
             text = " " + text
     return text
+
+
+def _decode(tokenizer: Any, tokens: list[int]) -> str:
+    return tokenizer.decode(tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 class TorchBackend:
