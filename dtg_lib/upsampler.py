@@ -387,9 +387,18 @@ class _Rounds:
             # ("thigh" of "thighhighs"), so it is not kept.
             generated = _without_last_tag(generated)
         added = self._keep(parse_model_output(generated))
+        if not added and not generation.stopped_by_eos and "," not in generation.text:
+            self._note_once(
+                f"a round stopped after {generation.completion_tokens} tokens, before it "
+                "finished a tag; a larger max_new_tokens lets rounds finish theirs"
+            )
         self.stale = 0 if added else self.stale + 1
         if self.stale >= STALE_ROUNDS:
             self.finished = True
+
+    def _note_once(self, notice: str) -> None:
+        if notice not in self.notices:
+            self.notices.append(notice)
 
     def context_full(self, exc: PromptTooLong) -> None:
         """The round's input did not fit: fatal in round one, else keep what we have."""

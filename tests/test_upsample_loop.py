@@ -182,3 +182,23 @@ def test_a_tag_cut_short_by_the_token_budget_is_not_kept(monkeypatch):
     settings = UpsampleSettings(target="very_long", max_rounds=2)
     result = make(backend, monkeypatch).upsample("1girl", settings, seed=3)
     assert result.new_tags == ("tag1", "tag2", "tag3")
+
+
+@dataclass
+class NoTagFinishes(ScriptedBackend):
+    """A budget so small that no round gets as far as a comma."""
+
+    def generate(self, prompt, sampling, seed):
+        self.calls.append((prompt, seed))
+        return Generation("long ha", completion_tokens=3, stopped_by_eos=False)
+
+
+def test_rounds_that_never_finish_a_tag_say_why_there_are_no_tags(monkeypatch):
+    settings = UpsampleSettings(target="short")
+    result = make(NoTagFinishes(), monkeypatch).upsample("1girl", settings, seed=3)
+    assert result.new_tags == ()
+    assert result.final_prompt == "1girl"
+    assert result.notices == (
+        "a round stopped after 3 tokens, before it finished a tag; a larger max_new_tokens "
+        "lets rounds finish theirs",
+    )
