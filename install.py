@@ -433,8 +433,8 @@ def install(launch: Any, environ: Mapping[str, str], argv: Sequence[str]) -> Non
 def _install_llama(installer: Installer, machine: Machine, mode: str, now: float) -> None:
     attempt = attempt_key(machine, mode)
     previous = read_status(STATUS_FILE)
-    if not installer.llama_in_place() and not retry_due(previous, attempt, now):
-        assert previous is not None
+    waiting = previous is not None and not retry_due(previous, attempt, now)
+    if waiting and not installer.llama_in_place():
         when = time.strftime("%Y-%m-%d", time.gmtime(previous["attempted_at"] + RETRY_AFTER_S))
         print(
             f"{PREFIX} llama-cpp-python failed to install earlier; not retried before {when} "

@@ -107,7 +107,7 @@ def _append(items: Sequence[PromptItem], added: list[str]) -> str:
     stop = _back_over(items, stop, (ItemKind.SEPARATOR, ItemKind.PART_WEIGHT))
     opened_at = first_left_open(items, stop)
     opened = opened_at is not None
-    if opened_at is not None:
+    if opened:
         # A bracket left open reaches to the end of its part: the new tags go in front
         # of the item that opens it, out of its reach, and the user's text keeps its weights.
         stop = _back_over(items, opened_at, (ItemKind.SEPARATOR,))

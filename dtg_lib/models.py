@@ -568,7 +568,8 @@ def _download_gguf(
     hub: Any, entry: ModelEntry, filename: str, folder: Path, progress: ProgressFn | None
 ) -> Path:
     path = _fetch_file(hub, entry.repo_id, filename, folder, progress)
-    _keep_if_valid(path, GGUF_KIND, [filename], f"a broken {filename} for {entry.repo_id}; it was")
+    what = f"a broken {filename} for {entry.repo_id}; it was"
+    _keep_if_valid(path, GGUF_KIND, folder, [filename], what)
     log.info("Model %s ready at %s", entry.repo_id, path)
     return path
 
@@ -583,17 +584,17 @@ def _download_hf_folder(
         with contextlib.suppress(_RemoteFileMissing):
             fetched.append(_fetch_file(hub, entry.repo_id, name, folder, progress).name)
     what = f"broken transformers files for {entry.repo_id}; they were"
-    _keep_if_valid(folder, HF_KIND, fetched, what)
+    _keep_if_valid(folder, HF_KIND, folder, fetched, what)
     log.info("Model %s (transformers) ready at %s", entry.repo_id, folder)
     return folder
 
 
-def _keep_if_valid(path: Path, kind: str, fetched: list[str], what: str) -> None:
-    """Delete what was just fetched if the model at `path` does not pass validation."""
+def _keep_if_valid(path: Path, kind: str, folder: Path, fetched: list[str], what: str) -> None:
+    """Delete what was just fetched into `folder` if the model at `path` is not valid."""
     try:
         validate_model_file(path, kind)
     except ModelCorrupt as exc:
-        _discard(path if path.is_dir() else path.parent, fetched)
+        _discard(folder, fetched)
         raise ModelCorrupt(f"The hub at {_endpoint_text()} sent {what} deleted. {exc}") from exc
 
 

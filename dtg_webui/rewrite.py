@@ -151,13 +151,13 @@ def expand_main_prompt(p: Any, args: ScriptArgs) -> None:
     if finals is None:
         return
     if not many and not is_upscale_pass(p):
-        _file_under_each_image_seed(p, settings, args.seed(), originals[0], finals[0])
+        _remember_the_job(p, settings, args.seed(), originals[0], finals[0])
     setattr(p, _REWRITE_ATTR, (finals if many else finals[0], p.prompt))
     p.prompt = finals if many else finals[0]
     _record(p, settings, args.seed(), OriginalPrompts(originals, finals))
 
 
-def _file_under_each_image_seed(
+def _remember_the_job(
     p: Any, settings: UpsampleSettings, dtg_seed: int, original: str, final: str
 ) -> None:
     """The Upscale button reruns one image of the job with that image's own seed.

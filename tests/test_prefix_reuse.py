@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from dtg_examples import PROMPT
 
 from dtg_lib.backends.llama_cpp import _Evaluated, reusable_prefix, segment_ends
 from dtg_lib.settings import SamplingSettings
 
-BASE = (
-    "quality: masterpiece\n"
-    "rating: safe\n"
-    "artist: <|empty|>\n"
-    "characters: <|empty|>\n"
-    "copyrights: <|empty|>\n"
-    "aspect ratio: 1.0\n"
-    "target: <|long|>\n"
-    "general: 1girl, solo, dragon girl, dragon horns, dragon tail<|input_end|>"
-)
+BASE = PROMPT.replace("target: <|short|>", "target: <|long|>")
 OTHER_BASE = BASE.replace("rating: safe", "rating: sensitive")
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.95, top_k=100, max_new_tokens=64)
 MARKER = 99
