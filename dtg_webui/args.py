@@ -1,18 +1,27 @@
-"""The script's positional arguments, as one typed object.
+"""The script's arguments, as one typed object.
 
 The order of `ARG_NAMES` is the order `ui()` returns its components in, and so
 the order of `"alwayson_scripts": {"DanTagGen": {"args": [...]}}` in the API.
 Changing it breaks API callers: only ever append.
+
+An API caller may instead send one object, `"args": [{"enabled": true, "target":
+"short"}]`, read by these names. The webui copies the request's `args` into the
+job's positions one by one, so that object arrives as the first positional value,
+followed by the panel's defaults in the positions after it.
+
+The defaults are `UpsampleSettings`'s, so the panel, the webui API, the HTTP routes
+and the command line start from the same values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dtg_lib.assemble import FORMAT_PRESETS
-from dtg_lib.settings import DEFAULT_MODEL, SettingsError, UpsampleSettings
+from dtg_lib.settings import DEFAULT_MODEL, SamplingSettings, SettingsError, UpsampleSettings
 
 CUSTOM_FORMAT = "custom"
 FORMAT_CHOICES = (*FORMAT_PRESETS, CUSTOM_FORMAT)
@@ -21,37 +30,55 @@ RANDOM_SEED = -1
 FROM_SETTINGS = "from settings"
 SEED_RANGE = 2**32
 _SWITCH_WORDS = {"true": True, "false": False, "1": True, "0": False, "on": True, "off": False}
+# Marks the one ScriptArgs field that is no positional argument.
+_NOT_POSITIONAL = "not positional"
 
 
 @dataclass(frozen=True)
 class ScriptArgs:
-    """What the UI (or an API caller) chose; field order is the positional order."""
+    """What the UI (or an API caller) chose; field order (`problem` aside) is the
+    positional order."""
 
     enabled: bool = False
-    target: str = "long"
-    ban_tags: str = ""
+    # The engine's own defaults (class attributes of the settings dataclasses), so that
+    # they are written down once.
+    target: str = UpsampleSettings.target
+    ban_tags: str = UpsampleSettings.ban_tags
     dtg_seed: int = RANDOM_SEED
-    timing: str = "after"
-    model: str = DEFAULT_MODEL
-    temperature: float = 1.35
-    top_p: float = 0.95
-    top_k: int = 100
-    min_p: float = 0.0
-    format: str = "default"
+    timing: str = UpsampleSettings.timing
+    model: str = UpsampleSettings.model
+    temperature: float = SamplingSettings.temperature
+    top_p: float = SamplingSettings.top_p
+    top_k: int = SamplingSettings.top_k
+    min_p: float = SamplingSettings.min_p
+    format: str = UpsampleSettings.format
     custom_format: str = ""
     # Empty: the Settings page's choice (which --dtg-device overrides).
     backend: str = ""
     device: str = ""
+    # Not an argument: why the caller's named args could not be read, raised by
+    # is_enabled() so the hooks report it where they report any other bad value.
+    problem: str = dataclasses.field(default="", metadata={_NOT_POSITIONAL: True})
 
     @classmethod
     def from_args(cls, args: tuple[Any, ...] | list[Any]) -> ScriptArgs:
-        """Missing trailing values keep their defaults, so older API callers keep working."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        values = dict(zip(names, args))
+        """Positional values, or a named object in the first position.
+
+        Missing trailing values keep their defaults, so older API callers keep working.
+        """
+        values = dict(zip(ARG_NAMES, args))
+        if args and isinstance(args[0], Mapping):
+            named = args[0]
+            values.pop("enabled")  # the object itself sits in that position
+            unknown = [key for key in named if key not in ARG_NAMES]
+            if unknown:
+                return cls(problem=_unknown_names_message(unknown))
+            values.update(named)
         return cls(**values)
 
     def settings(self, *, backend: str, device: str) -> UpsampleSettings:
         """Raises SettingsError with a message meant for the user."""
+        self._check_readable()
         seed = self.seed()
         if isinstance(seed, bool) or not isinstance(seed, int) or not -1 <= seed < SEED_RANGE:
             raise SettingsError(f"DTG seed must be -1 or a whole number below 2**32, got {seed!r}")
@@ -73,6 +100,7 @@ class ScriptArgs:
 
     def is_enabled(self) -> bool:
         """The checkbox's value; an API caller's "false" must not read as on."""
+        self._check_readable()
         value = self.enabled
         if isinstance(value, bool):
             return value
@@ -82,6 +110,10 @@ class ScriptArgs:
         if word in _SWITCH_WORDS:
             return _SWITCH_WORDS[word]
         raise SettingsError(f"DTG enabled must be true or false, got {value!r}")
+
+    def _check_readable(self) -> None:
+        if self.problem:
+            raise SettingsError(self.problem)
 
     def format_text(self) -> str:
         # An API caller may put a template straight into `format`; dtg_lib validates it.
@@ -114,7 +146,14 @@ class ScriptArgs:
         )
 
 
-ARG_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ScriptArgs))
+ARG_NAMES: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(ScriptArgs) if not f.metadata.get(_NOT_POSITIONAL)
+)
+
+
+def _unknown_names_message(unknown: list[Any]) -> str:
+    listed = ", ".join(repr(key) for key in unknown)
+    return f"unknown DTG arg name(s) {listed}: the names are {', '.join(ARG_NAMES)}"
 
 
 def _chosen(value: Any) -> Any:

@@ -3,16 +3,24 @@
 A thin adapter: the panel's values become one `ScriptArgs`, and everything else
 lives in `dtg_webui` (host glue) and `dtg_lib` (the engine).
 
-API: `"alwayson_scripts": {"DanTagGen": {"args": [...]}}`, positional, in this order
-(`dtg_webui.args.ARG_NAMES`; missing trailing values take their defaults):
+API: `"alwayson_scripts": {"DanTagGen": {"args": [{"enabled": true, "target": "short"}]}}`,
+one object read by the names below, or the values positionally in this order
+(`dtg_webui.args.ARG_NAMES`). What is left out takes the panel's defaults
+(`dtg_webui.args.ScriptArgs`, which takes them from `dtg_lib.settings.UpsampleSettings`);
+an unknown name, like a wrong value, leaves the prompt as written and is named under
+"DTG error" in the infotext.
 
-  0 enabled (bool, default false)   6 temperature (float, 1.35)
-  1 target (very_short|short|long|very_long)   7 top_p (float, 0.95)
-  2 ban_tags (str)                  8 top_k (int, 100)
-  3 dtg_seed (int, -1: each image's own seed)  9 min_p (float, 0)
-  4 timing ("after": per image; "before": once per job)   10 format (default|one line|append|custom)
-  5 model (str, e.g. "delta-rev2")  11 custom_format (template, used when format is "custom")
-  12 backend ("": Settings; auto, llama.cpp, torch)  13 device ("": Settings; cpu, cuda, mps)
+   0 enabled        bool, off unless given
+   1 target         very_short | short | long | very_long
+   2 ban_tags       comma-separated: exact tag, * wildcard, /regex/
+   3 dtg_seed       -1: each image's own seed; N: that seed for every image
+   4 timing         "after": per image; "before": once per job
+   5 model          registry name (e.g. "delta-rev2") or a file in the model folder
+   6 temperature    7 top_p    8 top_k    9 min_p
+  10 format         default | one line | append | custom
+  11 custom_format  the template, used when format is "custom"
+  12 backend        "": the Settings page's; auto | llama.cpp | torch
+  13 device         "": the Settings page's (or --dtg-device); cpu | cuda | mps
 
 Also: a Preview of the prompt box (dtg_webui.preview_ui, javascript/dtg.js), X/Y/Z plot
 axes (dtg_webui.xyz), HTTP routes under /dtg/v1 with --api (dtg_webui.routes).
@@ -102,7 +110,7 @@ class DanTagGenScript(scripts.Script):
             )
             with gr.Row():
                 dtg_seed = gr.Number(
-                    value=RANDOM_SEED,
+                    value=DEFAULTS.dtg_seed,
                     precision=0,
                     label="DTG seed (-1: each image's own; ♻️: the selected image's)",
                     **ids("seed"),
@@ -156,7 +164,7 @@ class DanTagGenScript(scripts.Script):
                     **ids("format"),
                 )
                 custom_format = gr.Textbox(
-                    value="",
+                    value=DEFAULTS.custom_format,
                     lines=3,
                     label="Custom template",
                     placeholder="<|special|>, <|general|>, <|quality|>",

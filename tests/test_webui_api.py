@@ -132,17 +132,52 @@ def test_credentials_parsing():
     assert routes.parse_credentials("a:b, c:d:e,broken,:x") == {"a": "b", "c": "d:e"}
 
 
-def test_readme_example_uses_the_ui_order():
-    """The README's alwayson_scripts example lists every argument in ui() order."""
-    import json
-    import re
+def _readme_webui_api() -> str:
     from pathlib import Path
 
-    from dtg_webui.args import ARG_NAMES
-
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"```json\n(\{\n  \"prompt\".*?)\n```", readme, re.S)
-    assert block, "README has the txt2img example"
-    request = json.loads(block.group(1))
-    args = request["alwayson_scripts"]["DanTagGen"]["args"]
-    assert len(args) == len(ARG_NAMES) and args[0] is True
+    start = readme.index("## WebUI API\n")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def test_readme_examples_named_first_then_in_the_ui_order():
+    """The README's alwayson_scripts examples: by name first, then every argument in
+    ui() order; both read as a job would read them."""
+    import json
+    import re
+
+    from dtg_webui.args import ARG_NAMES, ScriptArgs
+
+    blocks = re.findall(r"```json\n(\{\n  \"prompt\".*?)\n```", _readme_webui_api(), re.S)
+    named, positional = (json.loads(b)["alwayson_scripts"]["DanTagGen"]["args"] for b in blocks)
+    assert len(named) == 1 and set(named[0]) <= set(ARG_NAMES) and named[0]["enabled"] is True
+    assert len(positional) == len(ARG_NAMES) and positional[0] is True
+    for args in (named, positional):
+        assert ScriptArgs.from_args(args).settings(backend="auto", device="cpu")
+
+
+def test_readme_table_names_and_defaults_are_the_scripts():
+    import json
+    import re
+
+    from dtg_webui.args import ARG_NAMES, ScriptArgs
+
+    rows = re.findall(r"^\| (\d+) \| (\w+) \| `([^`]*)` \|", _readme_webui_api(), re.M)
+    assert [(int(i), name) for i, name, _ in rows] == list(enumerate(ARG_NAMES))
+    defaults = {name: json.loads(value) for _, name, value in rows}
+    assert defaults == {name: getattr(ScriptArgs(), name) for name in ARG_NAMES}
+
+
+def test_webui_routes_default_to_the_engine_settings(webui):  # noqa: F811
+    """Mounted with the Settings page untouched, a request without settings gets the
+    engine's defaults, as the command line and the panel do."""
+    from dtg_lib.settings import UpsampleSettings
+
+    fake = ResultEngine()
+    engine.set_factory(lambda model_dir, embeddings: fake)
+    webui.shared.cmd_opts.api = True
+    app = fastapi.FastAPI()
+    webui.callbacks.app_started_callback(None, app)
+    response = TestClient(app).post("/dtg/v1/upsample", json={"prompt": "1girl", "seed": 1})
+    assert response.status_code == 200, response.text
+    assert fake.calls[0]["settings"] == UpsampleSettings()
