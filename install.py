@@ -12,15 +12,22 @@ say so (the torch backend still works).
 
 The decisions are pure functions of their inputs so tests can run them without pip.
 Environment: DTG_LLAMA_CPP=auto (default) | cpu (CPU build only) | skip (leave it out).
+Flag (in COMMANDLINE_ARGS, registered by preload.py): --dtg-no-llama-build, prebuilt
+wheels only, never the source build (minutes, and it needs a compiler).
+
+In a venv without pip (made by uv), packages go in through `uv pip install --python`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,11 +59,22 @@ PROTECTED = (
 )
 
 LLAMA_INDEX = "https://abetlen.github.io/llama-cpp-python/whl/{tag}"
-# Prebuilt wheels on that index: CUDA 12.1-12.5, Metal, CPU, for CPython 3.10-3.12.
-CUDA_WHEELS = ((12, 1), (12, 2), (12, 3), (12, 4), (12, 5))
-WHEEL_PYTHONS = ((3, 10), (3, 11), (3, 12))
+# Prebuilt wheels on that index (llama-cpp-python's release workflows): CPU, Metal, and
+# CUDA 11.8, 12.1-12.5, 13.0 and 13.2 (11.8 and 13.x from 0.3.25 on; pip takes the newest).
+CUDA_WHEELS = ((11, 8), (12, 1), (12, 2), (12, 3), (12, 4), (12, 5), (13, 0), (13, 2))
+# Up to 0.3.19 a wheel was built for each CPython up to 3.12; from 0.3.20 on each one is
+# tagged py3-none (the library is loaded through ctypes) and installs on any Python 3.
+CP_WHEEL_PYTHONS = ((3, 10), (3, 11), (3, 12))
+PY3_WHEELS_SINCE = "0.3.20"
 WHEEL_ARCHES = ("x86_64", "amd64", "arm64", "aarch64")
+NO_BUILD_FLAG = "--dtg-no-llama-build"
+BUILD_NOTICE = (
+    "building llama-cpp-python from source (CPU); this often takes 5-15 minutes and needs "
+    f"a C++ compiler and CMake. To skip it, add {NO_BUILD_FLAG} to COMMANDLINE_ARGS "
+    "(or set DTG_LLAMA_CPP=skip): the torch backend works without it."
+)
 LLAMA_MODES = ("auto", "cpu", "skip")
+SKIPPED = "llama-cpp-python installation is turned off (DTG_LLAMA_CPP=skip)"
 # A failed llama-cpp-python install (a source build takes minutes) is not tried again
 # at every start-up: only after this long, or when Python, torch or the mode change.
 RETRY_AFTER_S = 7 * 24 * 3600
@@ -162,34 +180,67 @@ class PipStep:
     description: str
     args: str  # everything after "pip "
     env: tuple[tuple[str, str], ...] = ()
+    notice: str = ""  # printed before the step runs
 
 
-def llama_steps(machine: Machine, mode: str = "auto") -> list[PipStep]:
+def wheel_minimum(python: tuple[int, int]) -> str | None:
+    """The oldest llama-cpp-python with a prebuilt wheel for this Python; None: there is none."""
+    if python in CP_WHEEL_PYTHONS:
+        return LLAMA.minimum
+    if python >= (3, 13):
+        return PY3_WHEELS_SINCE
+    return None
+
+
+def llama_steps(machine: Machine, mode: str = "auto", build: bool = True) -> list[PipStep]:
     """Ways to get llama-cpp-python, best first: GPU wheel, CPU wheel, source build (CPU)."""
     if mode == "skip":
         return []
-    spec = f'"{LLAMA.dist}>={LLAMA.minimum}"'
-    steps = []
-    if machine.python in WHEEL_PYTHONS and machine.arch in WHEEL_ARCHES:
-        tags = [] if mode == "cpu" else [gpu_wheel_tag(detect_accelerator(machine))]
-        for tag in [*[t for t in tags if t], "cpu"]:
-            index = LLAMA_INDEX.format(tag=tag)
-            steps.append(
-                PipStep(
-                    f"llama-cpp-python ({tag} wheel)",
-                    f"install {spec} --only-binary {LLAMA.dist} --extra-index-url {index}",
-                )
-            )
-    # No wheel for this Python or machine: compile (minutes), CPU only, since GPU
-    # builds need a toolkit most users lack and DTG is small enough for the CPU.
-    steps.append(
-        PipStep(
-            "llama-cpp-python (source build, CPU; this takes a few minutes)",
-            f"install {spec} --no-binary {LLAMA.dist}",
-            (("CMAKE_ARGS", "-DGGML_CUDA=off -DGGML_METAL=off"),),
-        )
-    )
+    steps = _wheel_steps(machine, mode)
+    if build:
+        steps.append(_source_build_step(machine, wheels_tried=bool(steps)))
     return steps
+
+
+def _wheel_steps(machine: Machine, mode: str) -> list[PipStep]:
+    minimum = wheel_minimum(machine.python)
+    if minimum is None or machine.arch not in WHEEL_ARCHES:
+        return []
+    spec = f'"{LLAMA.dist}>={minimum}"'
+    tags = [] if mode == "cpu" else [gpu_wheel_tag(detect_accelerator(machine))]
+    binary = f"install {spec} --only-binary {LLAMA.dist} --extra-index-url"
+    return [
+        PipStep(f"llama-cpp-python ({tag} wheel)", f"{binary} {LLAMA_INDEX.format(tag=tag)}")
+        for tag in [*[t for t in tags if t], "cpu"]
+    ]
+
+
+def _source_build_step(machine: Machine, wheels_tried: bool) -> PipStep:
+    # Compiled for the CPU only: GPU builds need a toolkit most users lack, and DTG is
+    # small enough for the CPU.
+    why = "" if wheels_tried else f"no prebuilt wheel fits {_described(machine)}; "
+    return PipStep(
+        "llama-cpp-python (source build, CPU)",
+        f'install "{LLAMA.dist}>={LLAMA.minimum}" --no-binary {LLAMA.dist}',
+        (("CMAKE_ARGS", "-DGGML_CUDA=off -DGGML_METAL=off"),),
+        notice=f"{PREFIX} {why}{BUILD_NOTICE}",
+    )
+
+
+def _why_none(machine: Machine, mode: str) -> str:
+    """Why llama_steps has nothing to try."""
+    if mode == "skip":
+        return SKIPPED
+    return (
+        f"no prebuilt llama-cpp-python wheel fits {_described(machine)} and {NO_BUILD_FLAG} is set"
+    )
+
+
+def _described(machine: Machine) -> str:
+    python = ".".join(map(str, machine.python))
+    if wheel_minimum(machine.python) is None:
+        return f"Python {python}"
+    return f"{machine.system} on {machine.arch}"
 
 
 def requirement_step(requirement: Requirement) -> PipStep:
@@ -219,11 +270,21 @@ def skip_requested(launch: Any, argv: Sequence[str], environ: Mapping[str, str])
     """--skip-install, as the webui parsed it, or as passed on (argv, COMMANDLINE_ARGS)."""
     if getattr(getattr(launch, "args", None), "skip_install", False):
         return True
+    return "--skip-install" in _flags(argv, environ)
+
+
+def build_allowed(launch: Any, argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """False with --dtg-no-llama-build, as the webui parsed it or as passed on."""
+    if getattr(getattr(launch, "args", None), "dtg_no_llama_build", False):
+        return False
+    return NO_BUILD_FLAG not in _flags(argv, environ)
+
+
+def _flags(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
     try:
-        flags = [*argv, *shlex.split(environ.get("COMMANDLINE_ARGS", ""))]
+        return [*argv, *shlex.split(environ.get("COMMANDLINE_ARGS", ""))]
     except ValueError:  # unbalanced quotes: fall back to what argv says
-        flags = list(argv)
-    return "--skip-install" in flags
+        return list(argv)
 
 
 def llama_mode(environ: Mapping[str, str]) -> str:
@@ -232,6 +293,15 @@ def llama_mode(environ: Mapping[str, str]) -> str:
 
 
 # --- running ------------------------------------------------------------------
+
+
+def last_line(error: BaseException) -> str:
+    """Why run_pip failed, short: pip's own last word (run_pip's error ends with pip's stderr)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    # A one-line stderr sits on run_pip's "stderr: " line.
+    return lines[-1].removeprefix("stderr: ").removeprefix("stdout: ")
 
 
 def one_line(error: BaseException) -> str:
@@ -253,6 +323,8 @@ class Installer:
     constraints_path: str | None = None
     echo: Callable[[str], None] = print
     last_error: str = ""
+    last_reason: str = ""  # the short form of last_error, for the fallback lines
+    no_installer: bool = False  # nothing can install packages here
 
     def ensure(self, requirement: Requirement) -> bool:
         """True when the requirement is there afterwards."""
@@ -264,6 +336,8 @@ class Installer:
         return self.run(requirement_step(requirement))
 
     def run(self, step: PipStep, *, quiet: bool = False) -> bool:
+        if step.notice:
+            self.echo(step.notice)
         step = with_constraints(step, self.constraints_path)
         saved = {key: os.environ.get(key) for key, _ in step.env}
         os.environ.update(dict(step.env))
@@ -271,6 +345,8 @@ class Installer:
             self.run_pip(step.args, step.description)
         except Exception as exc:  # run_pip raises RuntimeError; start-up must go on regardless
             self.last_error = one_line(exc)
+            self.last_reason = last_line(exc)
+            self.no_installer = isinstance(exc, NoInstaller)
             if not quiet:
                 self.echo(f"{PREFIX} could not install {step.description}: {self.last_error}")
             return False
@@ -278,24 +354,40 @@ class Installer:
             _restore(saved)
         return True
 
+    def _say_fallback(self, failed: PipStep, following: PipStep) -> None:
+        # run_pip printed "Installing ..." for both; without this line the second
+        # looks like a second thing to install rather than the first one's replacement.
+        self.echo(
+            f"{PREFIX} {failed.description} failed ({self.last_reason}); "
+            f"trying {following.description}"
+        )
+
     def llama_in_place(self) -> bool:
         installed = self.version_of(LLAMA.dist)
         return installed is not None and not needs_install(installed, LLAMA)
 
-    def ensure_llama(self, steps: Iterable[PipStep]) -> str | None:
-        """None when llama-cpp-python is usable, else why not (for the status file)."""
+    def ensure_llama(self, steps: Iterable[PipStep], nothing_to_try: str = SKIPPED) -> str | None:
+        """None when llama-cpp-python is usable, else why not (for the status file).
+
+        `nothing_to_try` is the reason when there are no steps."""
         if self.llama_in_place():
             return None  # keep what the user has, whichever build it is
+        steps = list(steps)
         tried = []
         broken = False  # an earlier step installed a build that does not import
-        for step in steps:
+        for number, step in enumerate(steps):
             if self.run(_force_reinstall(step) if broken else step, quiet=True):
                 if self.verify_llama():
                     return None
                 broken = True
+                self.last_error = self.last_reason = "it installed but does not import"
             tried.append(step.description)
+            if self.no_installer:
+                break
+            if number + 1 < len(steps):
+                self._say_fallback(step, steps[number + 1])
         if not tried:
-            return "llama-cpp-python installation is turned off (DTG_LLAMA_CPP=skip)"
+            return nothing_to_try
         last = f"; last error: {self.last_error}" if self.last_error else ""
         return f"could not install llama-cpp-python (tried: {'; '.join(tried)}{last})"
 
@@ -315,12 +407,13 @@ def _restore(saved: Mapping[str, str | None]) -> None:
 
 
 def status_for(
-    llama_problem: str | None, attempt: str = "", attempted_at: float = 0.0
+    llama_problem: str | None, attempt: str = "", attempted_at: float | None = 0.0
 ) -> dict[str, Any] | None:
     """What the panel shows; None (no file) when everything is in place.
 
     `attempt` names the conditions of the failed install (see `attempt_key`), so the
-    next start-up can tell whether trying again could turn out differently.
+    next start-up can tell whether trying again could turn out differently; an
+    `attempted_at` of None (nothing could run) makes it try again at once.
     """
     if llama_problem is None:
         return None
@@ -337,10 +430,11 @@ def status_for(
     }
 
 
-def attempt_key(machine: Machine, mode: str) -> str:
+def attempt_key(machine: Machine, mode: str, build: bool = True) -> str:
     """What a llama-cpp-python install depends on; a change is worth another try."""
     python = ".".join(map(str, machine.python))
-    return f"python {python}, torch {machine.torch_version}, mode {mode}, {LLAMA.minimum}"
+    key = f"python {python}, torch {machine.torch_version}, mode {mode}, {LLAMA.minimum}"
+    return key if build else f"{key}, no build"
 
 
 def retry_due(previous: Mapping[str, Any] | None, attempt: str, now: float) -> bool:
@@ -370,6 +464,77 @@ def write_status(status: dict[str, Any] | None, path: Path = STATUS_FILE) -> Non
     path.write_text(json.dumps(status, indent=2), encoding="utf-8")
 
 
+# --- pip, or uv in a venv without pip --------------------------------------------
+
+NO_INSTALLER = (
+    "this Python has no pip and no uv was found (python -m ensurepip adds pip; or put uv on PATH)"
+)
+
+
+class NoInstaller(RuntimeError):
+    """Neither pip nor uv: every install fails the same way, so one try is enough."""
+
+
+@dataclass(frozen=True)
+class UvPip:
+    """The webui's run_pip, through `uv pip ... --python <this Python>` (a venv uv made
+    has no pip, and the webui's run_pip calls `python -m pip`)."""
+
+    uv: str  # the command line that starts uv, quoted for the shell
+    python: str
+
+    def __call__(self, command: str, desc: str | None = None) -> str:
+        print(f"Installing {desc} (uv)")
+        index_url = os.environ.get("INDEX_URL")  # as the webui's run_pip honours it
+        index = f" --index-url {index_url}" if index_url else ""
+        line = f'{self.uv} pip {command} --python "{self.python}"{index}'
+        done = subprocess.run(
+            line, shell=True, capture_output=True, text=True, errors="ignore", check=False
+        )
+        if done.returncode != 0:
+            output = [
+                f"{name}: {text}"
+                for name, text in (("stdout", done.stdout), ("stderr", done.stderr))
+                if text
+            ]
+            raise RuntimeError(
+                "\n".join(
+                    [
+                        f"Couldn't install {desc}.",
+                        f"Command: {line}",
+                        f"Error code: {done.returncode}",
+                        *output,
+                    ]
+                )
+            )
+        return done.stdout or ""
+
+
+def no_installer(command: str, desc: str | None = None) -> str:
+    raise NoInstaller(NO_INSTALLER)
+
+
+def find_uv(python: str) -> str | None:
+    """uv beside this Python (a venv's own), on PATH, or as this Python's module."""
+    found = shutil.which("uv", path=str(Path(python).parent)) or shutil.which("uv")
+    if found:
+        return f'"{found}"'
+    if importlib.util.find_spec("uv") is not None:
+        return f'"{python}" -m uv'
+    return None
+
+
+def pip_runner(
+    webui_run_pip: Callable[..., Any], has_pip: bool, uv: str | None, python: str
+) -> Callable[..., Any]:
+    """The webui's run_pip where this Python has pip, else uv, else one clear failure."""
+    if has_pip:
+        return webui_run_pip
+    if uv is not None:
+        return UvPip(uv, python)
+    return no_installer
+
+
 # --- the real world -------------------------------------------------------------
 
 
@@ -392,8 +557,6 @@ def this_machine() -> Machine:
 
 def llama_imports() -> bool:
     """llama_cpp imports in a fresh interpreter, after torch as in the webui (its CUDA libs)."""
-    import subprocess
-
     code = "import importlib.util as u\nif u.find_spec('torch'): import torch\nimport llama_cpp"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
     return result.returncode == 0
@@ -414,8 +577,12 @@ def install(launch: Any, environ: Mapping[str, str], argv: Sequence[str]) -> Non
     if skip_requested(launch, argv, environ):
         return
     constraints = write_constraints()
+    python = sys.executable
+    run_pip = pip_runner(
+        launch.run_pip, importlib.util.find_spec("pip") is not None, find_uv(python), python
+    )
     installer = Installer(
-        run_pip=launch.run_pip,
+        run_pip=run_pip,
         is_installed=launch.is_installed,
         version_of=installed_version,
         verify_llama=llama_imports,
@@ -424,14 +591,17 @@ def install(launch: Any, environ: Mapping[str, str], argv: Sequence[str]) -> Non
     try:
         for requirement in REQUIREMENTS:
             installer.ensure(requirement)
-        _install_llama(installer, this_machine(), llama_mode(environ), time.time())
+        build = build_allowed(launch, argv, environ)
+        _install_llama(installer, this_machine(), llama_mode(environ), time.time(), build)
     finally:
         if constraints:
             Path(constraints).unlink(missing_ok=True)
 
 
-def _install_llama(installer: Installer, machine: Machine, mode: str, now: float) -> None:
-    attempt = attempt_key(machine, mode)
+def _install_llama(
+    installer: Installer, machine: Machine, mode: str, now: float, build: bool = True
+) -> None:
+    attempt = attempt_key(machine, mode, build)
     previous = read_status(STATUS_FILE)
     waiting = previous is not None and not retry_due(previous, attempt, now)
     if waiting and not installer.llama_in_place():
@@ -441,8 +611,9 @@ def _install_llama(installer: Installer, machine: Machine, mode: str, now: float
             f"(delete {STATUS_FILE.name} to retry now); the torch backend will be used."
         )
         return
-    problem = installer.ensure_llama(llama_steps(machine, mode))
-    write_status(status_for(problem, attempt, now))
+    problem = installer.ensure_llama(llama_steps(machine, mode, build), _why_none(machine, mode))
+    # Without pip or uv nothing was really tried: the next start-up tries again.
+    write_status(status_for(problem, attempt, None if installer.no_installer else now))
     if problem:
         print(f"{PREFIX} {problem}; the torch backend will be used.")
 

@@ -15,3 +15,10 @@ def preload(parser) -> None:
         default=None,
         help="DanTagGen: device for the DTG model (cpu, cuda, mps); overrides the setting",
     )
+    # Read by install.py (from COMMANDLINE_ARGS); registered here so the webui accepts it.
+    parser.add_argument(
+        "--dtg-no-llama-build",
+        action="store_true",
+        help="DanTagGen: install llama-cpp-python only as a prebuilt wheel, never build it "
+        "from source (minutes, needs a compiler); without it the torch backend is used",
+    )

@@ -6,7 +6,9 @@ Settings tab has been built, and API-only launches may run jobs before that.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ from dtg_lib.settings import BACKENDS, DEFAULT_MODEL
 log = logging.getLogger("dtg")
 
 SECTION = ("dtg", "DanTagGen")
+# The Settings page's "Stable Diffusion" category (webui 1.7+, Forge); older webuis have
+# no categories, and the section stands alone as before.
+CATEGORY = "sd"
 MODELS_SUBDIR = "dtg"
 DEVICES = ("cpu", "cuda", "mps")
 
@@ -27,11 +32,19 @@ class Option:
     label: str
     component: str | None = None
     choices: tuple[str, ...] = ()
+    # Choices read again at each page load and by the field's refresh button.
+    listed: Callable[[], list[str]] | None = None
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("dtg_model_dir", "", "Model folder (empty: models/dtg; --dtg-model-dir wins)"),
-    Option("dtg_default_model", DEFAULT_MODEL, "Default model in the DanTagGen panel"),
+    Option(
+        "dtg_default_model",
+        DEFAULT_MODEL,
+        "Default model in the DanTagGen panel (a name, or a file in the model folder)",
+        "Dropdown",
+        listed=lambda: model_choices(),
+    ),
     Option("dtg_backend", "auto", "Backend", "Radio", BACKENDS),
     Option("dtg_device", "cpu", "Device (--dtg-device wins)", "Radio", DEVICES),
     Option("dtg_keep_loaded", True, "Keep the model loaded between jobs (off: unload after each)"),
@@ -53,15 +66,49 @@ def register_settings() -> None:
     from modules import shared
 
     for option in OPTIONS:
-        shared.opts.add_option(option.key, _option_info(shared, option))
+        info = _option_info(shared, option)
+        if hasattr(info, "category_id"):  # what the host's options_section sets, where it has one
+            info.category_id = CATEGORY
+        shared.opts.add_option(option.key, info)
 
 
 def _option_info(shared: Any, option: Option) -> Any:
     component = _gradio_component(option.component)
     if component is None:
         return shared.OptionInfo(option.default, option.label, section=SECTION)
-    args = {"choices": list(option.choices)}
-    return shared.OptionInfo(option.default, option.label, component, args, section=SECTION)
+    if option.listed is None:
+        args = {"choices": list(option.choices)}
+        return shared.OptionInfo(option.default, option.label, component, args, section=SECTION)
+    listed = option.listed
+    return shared.OptionInfo(
+        option.default,
+        option.label,
+        _accepting_any_value(component),
+        lambda: {"choices": listed()},  # called at each page load and after a refresh
+        section=SECTION,
+        refresh=_reread_model_folder,
+    )
+
+
+def _reread_model_folder() -> None:
+    """The refresh button's first step; model_choices() reads the folder afresh anyway."""
+
+
+def _accepting_any_value(dropdown: Any) -> Any:
+    """The dropdown with allow_custom_value where gradio has it (3.41 and 4.x do): a name
+    typed in, or a file added since, stays valid. A constructor keyword and not a component
+    arg, since the host also passes the args to gr.update(), which gradio 3.41 checks."""
+    try:
+        accepts = "allow_custom_value" in inspect.signature(dropdown).parameters
+    except (TypeError, ValueError):  # no readable signature: build it plain
+        accepts = False
+    if not accepts:
+        return dropdown
+
+    def build(**kwargs: Any) -> Any:
+        return dropdown(allow_custom_value=True, **kwargs)
+
+    return build
 
 
 def _gradio_component(name: str | None) -> Any:

@@ -177,6 +177,20 @@ def _with_prompt(infotext: str, prompt: str) -> str:
     return "\n".join([prompt, *lines[rest:]])
 
 
+def paste_fields(components: Sequence[Any], preview_box: Any) -> list[tuple[Any, Any]]:
+    """The script's `infotext_fields`: one getter per panel value, in ARG_NAMES order, and
+    the preview box, emptied by every paste (it showed another prompt's expansion)."""
+    fields = [(component, paste_getter(name)) for component, name in zip(components, ARG_NAMES)]
+    return [*fields, (preview_box, cleared_preview)]
+
+
+def cleared_preview(params: dict[str, Any]) -> str | None:
+    """The preview box after a paste: empty again, since the paste replaced the prompt."""
+    from .preview_ui import EMPTY_HTML
+
+    return EMPTY_HTML if PROMPT_KEY in params else None
+
+
 def paste_getter(name: str) -> Callable[[dict[str, Any]], Any]:
     """`infotext_fields` key for one panel value.
 

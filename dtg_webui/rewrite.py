@@ -127,6 +127,7 @@ def expand_images(p: Any, args: ScriptArgs) -> None:
     seeds = [derive_seed(seed, args.seed()) for seed in p.all_seeds]
     finals = _expand_or_recall(p, originals, settings, seeds, config)
     if finals is None:
+        _record_failure(p, settings, args.seed(), originals)
         return
     _replace_prompts(p, originals, finals)
     _record(p, settings, args.seed(), OriginalPrompts(originals, finals))
@@ -149,6 +150,7 @@ def expand_main_prompt(p: Any, args: ScriptArgs) -> None:
     seeds = [derive_seed(p.seed, args.seed())] * len(originals)
     finals = _expand_or_recall(p, originals, settings, seeds, config)
     if finals is None:
+        _record_failure(p, settings, args.seed(), originals)
         return
     if not many and not is_upscale_pass(p):
         _remember_the_job(p, settings, args.seed(), originals[0], finals[0])
@@ -269,6 +271,16 @@ def _replace_prompts(p: Any, originals: list[str], finals: list[str]) -> None:
 def _record(p: Any, settings: UpsampleSettings, dtg_seed: int, originals: OriginalPrompts) -> None:
     p.extra_generation_params[PARAMS_KEY] = params_text(settings, dtg_seed)
     p.extra_generation_params[ORIGINAL_KEY] = originals
+
+
+def _record_failure(
+    p: Any, settings: UpsampleSettings, dtg_seed: int, prompts: Sequence[str]
+) -> None:
+    """After an engine failure, the infotext still holds the panel's values, with the prompts
+    as written as the originals: a paste then restores the panel and the prompt, and
+    generating again retries the expansion (instead of pasting DTG off)."""
+    if ERROR_KEY in p.extra_generation_params:
+        _record(p, settings, dtg_seed, OriginalPrompts(prompts, prompts))
 
 
 def _note_notices(p: Any, results: Sequence[Any]) -> None:

@@ -52,7 +52,6 @@ from dtg_webui import (  # noqa: E402
     xyz,
 )
 from dtg_webui.args import (  # noqa: E402
-    ARG_NAMES,
     FORMAT_CHOICES,
     FROM_SETTINGS,
     RANDOM_SEED,
@@ -193,10 +192,7 @@ class DanTagGenScript(scripts.Script):
             backend,
             device,
         ]
-        self.infotext_fields = [
-            (component, infotext.paste_getter(name))
-            for component, name in zip(components, ARG_NAMES)
-        ]
+        self.infotext_fields = infotext.paste_fields(components, preview_box)
         self.paste_field_names = list(infotext.PASTE_KEYS.values())
         self.preview.set_controls(preview, preview_box, components, copy, styles_in_preview)
         self.reuse.set_controls(reuse, dtg_seed)

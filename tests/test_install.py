@@ -115,8 +115,11 @@ def test_accelerator_from_torch_build(machine, kind, version):
     [
         (inst.Accelerator("cuda", (12, 1)), "cu121"),
         (inst.Accelerator("cuda", (12, 8)), "cu125"),  # newest wheel the runtime can load
-        (inst.Accelerator("cuda", (11, 8)), None),
-        (inst.Accelerator("cuda", (13, 0)), None),
+        (inst.Accelerator("cuda", (11, 8)), "cu118"),
+        (inst.Accelerator("cuda", (11, 7)), None),
+        (inst.Accelerator("cuda", (13, 0)), "cu130"),
+        (inst.Accelerator("cuda", (13, 1)), "cu130"),
+        (inst.Accelerator("cuda", (13, 2)), "cu132"),
         (inst.Accelerator("rocm", (5, 7)), None),
         (inst.Accelerator("metal"), "metal"),
         (inst.Accelerator("cpu"), None),
@@ -140,7 +143,7 @@ def test_cuda_gets_its_wheel_then_cpu_wheel_then_source():
 
 def test_rocm_and_old_cuda_get_the_cpu_wheel():
     assert _indexes(inst.llama_steps(linux("2.3.0+rocm5.7"))) == ["cpu", "source"]
-    assert _indexes(inst.llama_steps(linux("2.0.1+cu118"))) == ["cpu", "source"]
+    assert _indexes(inst.llama_steps(linux("1.13.1+cu117"))) == ["cpu", "source"]
 
 
 def test_apple_silicon_gets_metal():
@@ -148,8 +151,70 @@ def test_apple_silicon_gets_metal():
     assert _indexes(inst.llama_steps(machine)) == ["metal", "cpu", "source"]
 
 
-def test_python_without_wheels_builds_from_source():
-    assert _indexes(inst.llama_steps(linux("2.6.0+cu124", python=(3, 13)))) == ["source"]
+def _minimums(steps):
+    return [s.args.split('"')[1].split(">=")[1] for s in steps]
+
+
+@pytest.mark.parametrize("python", [(3, 13), (3, 14)])
+def test_python_313_gets_the_py3_wheels(python):
+    """From llama-cpp-python 0.3.20 on every wheel on the index is tagged py3-none."""
+    steps = inst.llama_steps(linux("2.9.1+cu130", python=python))
+    assert _indexes(steps) == ["cu130", "cpu", "source"]
+    assert _minimums(steps) == ["0.3.20", "0.3.20", inst.LLAMA.minimum]
+    windows = Machine("Windows", "amd64", python, "2.6.0+cu124")
+    assert _indexes(inst.llama_steps(windows)) == ["cu124", "cpu", "source"]
+    metal = Machine("Darwin", "arm64", python, "2.6.0")
+    assert _indexes(inst.llama_steps(metal)) == ["metal", "cpu", "source"]
+
+
+def test_python_312_keeps_its_own_minimum():
+    steps = inst.llama_steps(linux("2.3.1+cu121", python=(3, 12)))
+    assert set(_minimums(steps)) == {inst.LLAMA.minimum}
+
+
+def test_python_without_wheels_builds_from_source_and_says_so():
+    (step,) = inst.llama_steps(linux("2.0.1+cu118", python=(3, 9)))
+    assert _indexes([step]) == ["source"]
+    assert step.notice.startswith("[DanTagGen] no prebuilt wheel fits Python 3.9; building")
+    assert "minutes" in step.notice and inst.NO_BUILD_FLAG in step.notice
+    assert "\n" not in step.notice
+    (riscv,) = inst.llama_steps(linux("2.3.1", arch="riscv64"))
+    assert "no prebuilt wheel fits Linux on riscv64" in riscv.notice
+
+
+def test_build_notice_is_printed_once_before_the_build():
+    pip = Pip(fail_on=("llama",))
+    made, messages = installer(pip)
+    made.ensure_llama(inst.llama_steps(linux("2.3.1", python=(3, 9))))
+    assert len(messages) == 1 and "5-15 minutes" in messages[0]
+    (build_call,) = pip.calls
+    assert "--no-binary" in build_call[0]
+
+
+def test_no_build_flag_from_every_place_the_webui_puts_it():
+    plain = types.SimpleNamespace(args=types.SimpleNamespace())
+    parsed = types.SimpleNamespace(args=types.SimpleNamespace(dtg_no_llama_build=True))
+    assert inst.build_allowed(plain, ["install.py"], {})
+    assert not inst.build_allowed(parsed, [], {})
+    assert not inst.build_allowed(plain, ["install.py", inst.NO_BUILD_FLAG], {})
+    assert not inst.build_allowed(None, [], {"COMMANDLINE_ARGS": f"--api {inst.NO_BUILD_FLAG}"})
+    steps = inst.llama_steps(linux("2.6.0+cu124", python=(3, 13)), build=False)
+    assert _indexes(steps) == ["cu124", "cpu"]
+
+
+def test_no_build_and_no_wheel_names_the_flag(status_writer, capsys):
+    pip = Pip()
+    made, _ = installer(pip, verify=lambda: False)
+    inst._install_llama(made, linux("2.3.1", python=(3, 9)), "auto", 1000.0, build=False)
+    assert pip.calls == []
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and inst.NO_BUILD_FLAG in out[0] and "Python 3.9" in out[0]
+    assert "DTG_LLAMA_CPP=skip" not in out[0]
+    problem = json.loads(status_writer.read_text())["problem"]
+    assert problem.startswith("no prebuilt llama-cpp-python wheel fits Python 3.9")
+    # Turning the build back on is worth another try at once.
+    inst._install_llama(made, linux("2.3.1", python=(3, 9)), "auto", 1000.0 + DAY)
+    assert len(pip.calls) == 1
 
 
 def test_modes_from_the_environment():
@@ -243,12 +308,43 @@ def test_existing_llama_is_kept_whatever_its_build():
     assert pip.calls == []
 
 
-def test_llama_falls_back_from_gpu_wheel_to_cpu_wheel():
+def test_llama_falls_back_from_gpu_wheel_to_cpu_wheel_and_says_why():
     pip = Pip(fail_on=("whl/cu121",))
     made, messages = installer(pip)
     assert made.ensure_llama(inst.llama_steps(linux("2.1.2+cu121"))) is None
     assert _indexes([inst.PipStep("", c) for c, _ in pip.calls]) == ["cu121", "cpu"]
-    assert messages == [], "a fallback that worked is not worth a message"
+    assert messages == [
+        "[DanTagGen] llama-cpp-python (cu121 wheel) failed (Error code: 1); "
+        "trying llama-cpp-python (cpu wheel)"
+    ]
+
+
+def test_a_fallback_line_carries_pips_own_reason():
+    def pip(command, desc=None):
+        if "whl/cpu" in command:
+            raise RuntimeError(
+                f"Couldn't install {desc}.\nCommand: pip {command}\nError code: 1\n"
+                "stderr: ERROR: Could not find a version that satisfies the requirement\n"
+                "ERROR: No matching distribution found for llama-cpp-python>=0.2.80\n"
+            )
+
+    made, messages = installer(pip, verify=iter([True]).__next__)
+    assert made.ensure_llama(inst.llama_steps(linux("2.3.1+cpu"))) is None
+    assert messages[0] == (
+        "[DanTagGen] llama-cpp-python (cpu wheel) failed (ERROR: No matching distribution "
+        "found for llama-cpp-python>=0.2.80); trying llama-cpp-python (source build, CPU)"
+    )
+    assert "5-15 minutes" in messages[1] and len(messages) == 2
+
+
+def test_a_build_that_does_not_import_is_named_as_the_reason():
+    verdicts = iter([False, True])
+    made, messages = installer(Pip(), verify=lambda: next(verdicts))
+    made.ensure_llama(inst.llama_steps(linux("2.1.2+cu121")))
+    assert messages == [
+        "[DanTagGen] llama-cpp-python (cu121 wheel) failed (it installed but does not import); "
+        "trying llama-cpp-python (cpu wheel)"
+    ]
 
 
 def test_build_that_does_not_import_is_replaced():
@@ -325,7 +421,11 @@ def test_whole_run_with_fake_launch(monkeypatch, tmp_path, capsys):
     assert all('-c "' in command for command, _ in pip.calls)
     assert json.loads((tmp_path / "status.json").read_text())["llama_cpp"] is False
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "torch backend" in out[0]
+    assert len(out) == 4, "two fallbacks, the build notice, the outcome: one line each"
+    assert "(cu121 wheel) failed" in out[0] and "trying llama-cpp-python (cpu wheel)" in out[0]
+    assert "(cpu wheel) failed" in out[1] and "(source build, CPU)" in out[1]
+    assert "building llama-cpp-python from source" in out[2]
+    assert "torch backend will be used" in out[3]
 
 
 # --- a failed llama-cpp-python install is not retried at every start-up -----------
@@ -394,3 +494,101 @@ def test_llama_installed_by_hand_meanwhile_clears_the_status(status_writer):
 )
 def test_retry_rules(previous, due):
     assert inst.retry_due(previous, "key", 3 * DAY) is due
+
+
+# --- a venv without pip (made by uv) ------------------------------------------------
+
+FAKE_UV = """\
+import json, sys
+with open(sys.argv[0] + ".calls", "a", encoding="utf-8") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if "broken" in sys.argv:
+    print("error: No solution found when resolving dependencies", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.fixture
+def fake_uv(tmp_path):
+    """A stand-in uv that records its arguments; `python script` as the command line."""
+    script = tmp_path / "uv.py"
+    script.write_text(FAKE_UV, encoding="utf-8")
+    calls = tmp_path / "uv.py.calls"
+
+    def recorded():
+        text = calls.read_text(encoding="utf-8") if calls.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    return f'"{sys.executable}" "{script}"', recorded
+
+
+def test_pip_runner_uses_the_webuis_pip_where_there_is_one(fake_uv):
+    webui_pip = Pip()
+    assert inst.pip_runner(webui_pip, True, fake_uv[0], sys.executable) is webui_pip
+    uv = inst.pip_runner(webui_pip, False, fake_uv[0], sys.executable)
+    assert isinstance(uv, inst.UvPip)
+    assert inst.pip_runner(webui_pip, False, None, sys.executable) is inst.no_installer
+
+
+def test_uv_installs_into_this_python(fake_uv, monkeypatch, capsys):
+    command, recorded = fake_uv
+    monkeypatch.delenv("INDEX_URL", raising=False)
+    runner = inst.UvPip(command, sys.executable)
+    runner('install "platformdirs>=3.0" -c "/tmp/c d.txt"', "platformdirs")
+    assert recorded() == [
+        ["pip", "install", "platformdirs>=3.0", "-c", "/tmp/c d.txt", "--python", sys.executable]
+    ]
+    assert capsys.readouterr().out.strip() == "Installing platformdirs (uv)"
+    with pytest.raises(RuntimeError) as failed:
+        runner("install broken", "broken")
+    assert str(failed.value).startswith("Couldn't install broken.")
+    assert inst.last_line(failed.value) == "error: No solution found when resolving dependencies"
+
+
+def test_whole_run_in_a_venv_without_pip_goes_through_uv(monkeypatch, tmp_path, fake_uv):
+    command, recorded = fake_uv
+    webui_pip = Pip()
+    launch = types.SimpleNamespace(
+        args=types.SimpleNamespace(skip_install=False),
+        run_pip=webui_pip,
+        is_installed=lambda m: False,
+    )
+    real_find_spec = inst.importlib.util.find_spec
+    monkeypatch.setattr(
+        inst.importlib.util,
+        "find_spec",
+        lambda name: None if name == "pip" else real_find_spec(name),
+    )
+    monkeypatch.setattr(inst, "find_uv", lambda python: command)
+    monkeypatch.setattr(inst, "installed_version", {"torch": "2.1.2+cu121"}.get)
+    monkeypatch.setattr(inst, "STATUS_FILE", tmp_path / "status.json")
+    monkeypatch.setattr(inst, "write_status", lambda s: None)
+    monkeypatch.setattr(inst, "llama_imports", lambda: True)
+    monkeypatch.setattr(inst, "this_machine", lambda: linux("2.1.2+cu121"))
+    inst.install(launch, {}, ["install.py"])
+    assert webui_pip.calls == [], "the webui's run_pip calls `python -m pip`: not here"
+    installed = [call[2] for call in recorded()]
+    assert installed == ["platformdirs>=3.0", "tipo-kgen>=0.1.0", "llama-cpp-python>=0.2.80"]
+    assert all(call[-2:] == ["--python", sys.executable] for call in recorded())
+
+
+def test_neither_pip_nor_uv_is_one_clear_line_per_package():
+    made, messages = installer(Pip())
+    made.run_pip = inst.no_installer
+    assert not made.ensure(inst.REQUIREMENTS[0])
+    assert messages == [f"[DanTagGen] could not install platformdirs: {inst.NO_INSTALLER}"]
+    problem = made.ensure_llama(inst.llama_steps(linux("2.1.2+cu121")))
+    assert len(messages) == 1, "no fallback lines: nothing can install anything here"
+    assert problem.endswith(f"last error: {inst.NO_INSTALLER})")
+    assert "(tried: llama-cpp-python (cu121 wheel); last error" in problem, "one try only"
+
+
+def test_without_pip_or_uv_the_next_start_up_tries_again(status_writer):
+    made, _ = installer(Pip())
+    made.run_pip = inst.no_installer
+    inst._install_llama(made, linux("2.1.2+cu121"), "auto", 1000.0)
+    assert json.loads(status_writer.read_text())["llama_cpp"] is False
+    pip = Pip(fail_on=("llama",))
+    with_pip, _ = installer(pip)
+    inst._install_llama(with_pip, linux("2.1.2+cu121"), "auto", 1000.0 + DAY)
+    assert len(_llama_calls(pip)) == 3, "no week's wait: nothing could be tried before"

@@ -28,7 +28,8 @@ def test_a_copy_whose_expansion_failed_carries_no_earlier_copys_keys(webui):  # 
     failed = webui.run(second)
     assert failed.all_prompts == ["landscape, mountain"]
     keys = params(failed.infotexts[0])
-    assert PARAMS_KEY not in keys and ORIGINAL_KEY not in keys
+    # Its own keys (a failed job records its prompt as written), none of the first copy's.
+    assert keys[ORIGINAL_KEY] == "landscape, mountain"
     assert ERROR_KEY in keys
     assert webui.paste(failed.infotexts[0])["Prompt"] == "landscape, mountain"
 

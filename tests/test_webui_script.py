@@ -311,7 +311,9 @@ def test_engine_failure_leaves_prompts_and_notes_the_error(webui, caplog):
     assert len(errors) == 1 and "model file is corrupt" in errors[0].getMessage()
     info = params(processed.infotexts[0])
     assert "model file is corrupt" in info[ERROR_KEY]
-    assert PARAMS_KEY not in info and ORIGINAL_KEY not in info
+    # The panel's values and the prompt as written, for a paste (tests/test_webui_polish.py).
+    assert info[ORIGINAL_KEY] == "1girl, (smile:1.2)"
+    assert json.loads(info[PARAMS_KEY])["target"] == "long"
 
 
 def test_engine_notices_reach_the_user_once(webui, caplog):
@@ -487,6 +489,8 @@ def test_preload_adds_flags():
     module.preload(parser)
     parsed = parser.parse_args(["--dtg-model-dir", "/m", "--dtg-device", "cuda"])
     assert (parsed.dtg_model_dir, parsed.dtg_device) == ("/m", "cuda")
+    assert parsed.dtg_no_llama_build is False
+    assert parser.parse_args(["--dtg-no-llama-build"]).dtg_no_llama_build is True
 
 
 def test_metadata_orders_after_dynamic_prompts():
@@ -506,7 +510,8 @@ def test_ui_builds_in_gradio_blocks(webui):
         webui.script.after_component(info, elem_id="generation_info_txt2img")
     assert len(components) == len(ARG_NAMES)
     assert all(c.elem_id.startswith("dtg-txt2img-") for c in components)
-    assert len(webui.script.infotext_fields) == len(ARG_NAMES)
+    # One getter per panel value, and the preview box, which a paste empties.
+    assert len(webui.script.infotext_fields) == len(ARG_NAMES) + 1
     assert webui.script.preview.wired and webui.script.reuse.wired
 
 

@@ -88,3 +88,21 @@ def paste(text: str) -> dict[str, Any]:
     params = parse_generation_parameters(text)
     script_callbacks.infotext_pasted_callback(text, params)
     return params
+
+
+def paste_values(text: str, paste_fields: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """(component, new value) for each paste field, None where it is left alone.
+
+    As the host's paste: parse, run the callbacks, then each field's key is a function of
+    the params or a params key; None leaves the component as it is, any other value is
+    converted to the type of the component's current value ("False" for a bool is False).
+    """
+    params = paste(text)
+    updates: list[tuple[Any, Any]] = []
+    for component, key in paste_fields:
+        value = key(params) if callable(key) else params.get(key)
+        if value is not None:
+            kind = type(getattr(component, "value", ""))
+            value = False if kind is bool and value == "False" else kind(value)
+        updates.append((component, value))
+    return updates

@@ -5,26 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from modules.options import OptionInfo, categories
 from modules.styles import StyleDatabase
 
-
-class OptionInfo:
-    def __init__(
-        self,
-        default: Any = None,
-        label: str = "",
-        component: Any = None,
-        component_args: Any = None,
-        *,
-        section: tuple[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        self.default = default
-        self.label = label
-        self.component = component
-        self.component_args = component_args
-        self.section = section
-        self.extra = extra
+__all__ = ["OptionInfo", "Options", "cmd_opts", "opts", "prompt_styles"]
 
 
 class Options:
@@ -36,6 +20,15 @@ class Options:
 
     def add_option(self, key: str, info: OptionInfo) -> None:
         self.data_labels[key] = info
+
+    def categories_of_sections(self) -> dict[str, str]:
+        """Section label -> its category's label, or "Uncategorized" for an unknown or missing
+        category: what the host's dumpjson() turns into the page's category headings."""
+        found: dict[str, str] = {}
+        for info in self.data_labels.values():
+            category = categories.mapping.get(getattr(info, "category_id", None))
+            found.setdefault(info.section[1], category.label if category else "Uncategorized")
+        return found
 
     def __getattr__(self, item: str) -> Any:
         if item in self.data:
