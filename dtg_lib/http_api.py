@@ -8,22 +8,28 @@ Request body of `POST /dtg/v1/upsample` (a JSON object):
 
     prompt    one prompt              } exactly one of the two
     prompts   a list of prompts       }
-    seed      one seed for every prompt; -1 or missing: a random seed (reported back)
+    seed      one seed for every prompt; -1, null or missing: a random seed (reported back)
     seeds     a list of seeds: with `prompts`, one seed each (same length);
-              with `prompt`, one expansion of that prompt per seed
+              with `prompt`, one expansion of that prompt per seed; null: missing
     width, height   image size the prompt is for (default 1024 x 1024)
     settings  UpsampleSettings fields; sampling keys flat or under "sampling"
 
 The body is parsed and checked here rather than by a pydantic model, so the
 route behaves the same under pydantic 1 (A1111 1.10) and pydantic 2 (Forge,
-current), and every rejection is `{"detail": "<one readable sentence>"}`.
+current), and every answer that is not a result is `{"detail": "<one readable
+sentence>"}`, made in one place (`_problem`) that names no server folder and
+can always be encoded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import json
 import logging
 import random
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import models
 from .backends import BackendUnavailable, ModelLoadError, PromptTooLong
+from .limits import MAX_BODY_BYTES, MAX_ITEMS, MAX_PROMPT_CHARS, MAX_SIZE, REQUEST_TIMEOUT_S
 from .settings import SettingsError, UpsampleSettings
+from .upsampler import Cancelled
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -41,16 +49,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("dtg")
 
 PREFIX = "/dtg/v1"
-MAX_ITEMS = 64  # expansions per request; each one runs the model for up to max_rounds rounds
-MAX_SIZE = 16384
-# Characters per prompt: a long real prompt has a few thousand; the engine reads every tag.
-MAX_PROMPT_CHARS = 50_000
 RANDOM_SEED = -1
 _SEED_LIMIT = 2**63  # keeps seeds inside what JSON clients and numpy-based code round-trip
+# How often a running request checks whether its client is still there.
+_DISCONNECT_POLL_S = 0.25
+# A message to a client is cut here; the server log keeps the whole of it.
+_MAX_DETAIL_CHARS = 2000
+# What messages say instead of these folders' paths.
+_FOLDER_NAME = "<model folder>"
+_CACHE_NAME = "<Hugging Face cache>"
+# Not an HTTP standard code: nginx's "client closed the request", for the log only.
+_CLIENT_GONE = 499
 
 
 class RequestError(ValueError):
-    """The request itself is wrong; answered with 422 and this message."""
+    """The request itself is wrong; answered with `status` (422) and this message."""
+
+    status = 422
+
+
+class BodyTooLarge(RequestError):
+    status = 413
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,8 @@ class UpsampleRequest:
     width: int
     height: int
     settings: UpsampleSettings
+    # The folder request-named models live in; messages name it without its path.
+    model_dir: Path | None = None
 
 
 def create_router(
@@ -67,16 +88,18 @@ def create_router(
     *,
     model_dir: Path | None = None,
     defaults: Mapping[str, Any] | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> APIRouter:
     """The routes, bound to an upsampler factory (called per request, so it may be lazy).
 
     `model_dir` is the only folder a request may name local models in (default: the
     engine's model folder). `defaults` are settings used where a request leaves them
     out, such as the server's `--model`; they are trusted and not path-checked.
+    A request still running after `request_timeout_s`, or whose client disconnects,
+    is cancelled; a body over `max_body_bytes` is refused before it is read.
     """
     from fastapi import APIRouter, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse
 
     router = APIRouter(prefix=PREFIX, tags=["dtg"])
     folder = Path(model_dir) if model_dir is not None else models.default_model_dir()
@@ -85,35 +108,175 @@ def create_router(
     async def upsample_route(request):  # annotated below
         """Expand one or several prompts; see the module docstring for the body."""
         try:
-            parsed = parse_request(_decode(await request.body()), folder, base)
+            body = await _read_body(request, max_body_bytes)
+            parsed = parse_request(_decode(body), folder, base)
+            return await _run_watched(request, get_upsampler, parsed, request_timeout_s)
         except RequestError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
-        # The engine call blocks for seconds; a worker thread keeps the event loop serving.
-        status, payload = await run_in_threadpool(run_request, get_upsampler, parsed)
-        return JSONResponse(payload, status_code=status)
+            return _problem(exc.status, str(exc), folder)
+        except Exception:  # the one place nothing escapes as a plain-text 500
+            log.exception("upsample request failed unexpectedly")
+            return _problem(500, "internal error while upsampling; see the server log", folder)
 
     # This module's annotations are strings (PEP 563) that FastAPI would resolve in the
     # module globals, where the lazily imported Request is missing; give it the class.
     upsample_route.__annotations__ = {"request": Request}
-    router.add_api_route("/upsample", upsample_route, methods=["POST"], response_class=JSONResponse)
+    response_class = _json_response_class()
+    router.add_api_route(
+        "/upsample", upsample_route, methods=["POST"], response_class=response_class
+    )
 
-    @router.get("/models")
-    def models_route() -> dict[str, Any]:
+    def models_route():
         """Registry names (downloaded on first use) and the models in the model folder."""
-        return list_models(folder)
+        return _json(200, list_models(folder))
 
+    router.add_api_route("/models", models_route, methods=["GET"], response_class=response_class)
     return router
+
+
+# ---------------------------------------------------------------- answers
+
+
+@functools.lru_cache(maxsize=1)
+def _json_response_class() -> type:
+    from fastapi.responses import JSONResponse
+
+    class SafeJSONResponse(JSONResponse):
+        """JSON that can always be sent: text that is no Unicode goes out escaped."""
+
+        def render(self, content: Any) -> bytes:
+            text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+            return text.encode("utf-8", "backslashreplace")
+
+    return SafeJSONResponse
+
+
+def _json(status: int, payload: dict[str, Any]) -> Any:
+    return _json_response_class()(payload, status_code=status)
+
+
+def _problem(status: int, detail: str, model_dir: Path | None) -> Any:
+    """The one error answer: `{"detail": ...}`, public and encodable."""
+    return _json(status, {"detail": public_text(detail, model_dir)})
+
+
+def public_text(text: str, model_dir: Path | None = None) -> str:
+    """`text` as a client may see it: no server folder, always valid UTF-8, not huge.
+
+    The model folder becomes "<model folder>", the Hugging Face cache
+    "<Hugging Face cache>", the home folder "~".
+    """
+    for folder, name in _private_folders(model_dir):
+        text = text.replace(folder, name)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > _MAX_DETAIL_CHARS:
+        text = text[: _MAX_DETAIL_CHARS - 3] + "..."
+    return text
+
+
+def _private_folders(model_dir: Path | None) -> list[tuple[str, str]]:
+    """(path, public name), longest path first so a folder inside another goes first."""
+    pairs = []
+    if model_dir is not None:
+        pairs += [(str(model_dir), _FOLDER_NAME), (str(_resolved(model_dir)), _FOLDER_NAME)]
+    cache = models.hf_cache_dir()
+    if cache:
+        pairs += [
+            (cache, "<Hugging Face cache>"),
+            (str(_resolved(Path(cache))), "<Hugging Face cache>"),
+        ]
+    home = Path.home()
+    pairs += [(str(home), "~"), (str(_resolved(home)), "~")]
+    # A folder of one or two characters ("/") would mangle every sentence.
+    return sorted({p for p in pairs if len(p[0]) > 2}, key=lambda p: -len(p[0]))
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
+
+
+def _public_model_name(name: str) -> str:
+    """A model name for a result: a path the server chose (its `--model`) shows only its name."""
+    return Path(name).name if Path(name).is_absolute() else name
+
+
+# ---------------------------------------------------------------- reading the body
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes.
+
+    Content-Length is checked before anything is read; a chunked body (no length)
+    is counted as it arrives, so at most `limit` bytes are ever held.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(_too_large(f"{int(declared):,} bytes", limit))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(_too_large(f"more than {limit:,} bytes", limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(what: str, limit: int) -> str:
+    return (
+        f"the request body is {what}; the limit is {limit:,} bytes "
+        f"({MAX_ITEMS} prompts of {MAX_PROMPT_CHARS:,} characters, with room for settings)"
+    )
 
 
 def _decode(body: bytes) -> Any:
     if not body.strip():
         raise RequestError("the request body is empty: send a JSON object with a prompt")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"the request body is not UTF-8 JSON text: {exc.reason}") from exc
+    except json.JSONDecodeError as exc:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # only an integer too long to convert gets here
+        raise RequestError(
+            "the request body holds a number with too many digits to read; "
+            "seeds and sizes are at most 19 digits"
+        ) from exc
     except RecursionError as exc:
         raise RequestError("the request body nests too deeply") from exc
+    _reject_lone_surrogates(data)
+    return data
+
+
+def _reject_lone_surrogates(data: Any) -> None:
+    """Refuse text that is no Unicode anywhere in the body, naming where it is.
+
+    JSON allows an escaped lone surrogate ("\\ud800"); it is no character, and
+    neither the engine nor the answer could write it out.
+    """
+    pending = [(data, "")]
+    while pending:  # a loop, not recursion: the body may nest as deep as json accepts
+        value, where = pending.pop()
+        if isinstance(value, str):
+            _check_unicode(value, where or "the request body")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_unicode(key, f"a field name in {where}" if where else "a field name")
+                pending.append((item, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            pending.extend((item, where) for item in value)
+
+
+def _check_unicode(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"{where} is not valid Unicode text: {exc.reason} "
+            f"({text[exc.start : exc.end]!a} at character {exc.start})"
+        ) from exc
 
 
 # ---------------------------------------------------------------- request checking
@@ -136,25 +299,28 @@ def parse_request(
         width=_size(data, "width"),
         height=_size(data, "height"),
         settings=_settings(data.get("settings"), model_dir, defaults or {}),
+        model_dir=Path(model_dir),
     )
 
 
 def _prompts_and_seeds(data: dict[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     prompts = _prompt_list(data.get("prompt"), data.get("prompts"))
-    if data.get("seeds") is not None and data.get("seed") is not None:
+    # null means missing, for both seed and seeds.
+    seed, seeds = data.get("seed"), data.get("seeds")
+    if seeds is not None and seed is not None:
         raise RequestError("give either seed or seeds, not both")
-    if data.get("seeds") is None:
-        seed = _seed(data.get("seed", RANDOM_SEED), "seed")
-        return prompts, (seed,) * len(prompts)
-    seeds = _seed_list(data["seeds"])
+    if seeds is None:
+        one = _seed(RANDOM_SEED if seed is None else seed, "seed")
+        return prompts, (one,) * len(prompts)
+    seed_list = _seed_list(seeds)
     if data.get("prompt") is not None:  # one prompt, several seeds: one expansion per seed
-        return prompts * len(seeds), seeds
-    if len(seeds) != len(prompts):
+        return prompts * len(seed_list), seed_list
+    if len(seed_list) != len(prompts):
         raise RequestError(
-            f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt, "
+            f"{len(prompts)} prompts but {len(seed_list)} seeds: give one seed per prompt, "
             "or a single seed for all"
         )
-    return prompts, seeds
+    return prompts, seed_list
 
 
 def _prompt_list(prompt: Any, prompts: Any) -> tuple[str, ...]:
@@ -176,11 +342,7 @@ def _prompt_list(prompt: Any, prompts: Any) -> tuple[str, ...]:
 def _checked_text(text: str, name: str) -> str:
     if len(text) > MAX_PROMPT_CHARS:
         raise RequestError(f"{name}: at most {MAX_PROMPT_CHARS} characters, got {len(text)}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        # JSON allows an escaped lone surrogate ("\ud800"); it is no character at all.
-        raise RequestError(f"{name} is not valid Unicode text: {exc.reason}") from exc
+    _check_unicode(text, name)
     return text
 
 
@@ -245,15 +407,99 @@ def checked_model_name(name: Any, model_dir: Path) -> str:
 _UNAVAILABLE = (BackendUnavailable, ModelLoadError, models.ModelError)
 
 
+async def _run_watched(
+    request: Any,
+    get_upsampler: Callable[[], Upsampler],
+    parsed: UpsampleRequest,
+    timeout_s: float,
+) -> Any:
+    """Run the engine in a worker thread; cancel it when the client leaves or time runs out.
+
+    The engine stops at its next check (before each expansion and round), so the
+    thread is free again soon after, instead of working for a client that is gone.
+    """
+    from fastapi.concurrency import run_in_threadpool
+
+    cancel = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(run_request, get_upsampler, parsed, cancel))
+    try:
+        stopped = await _wait_or_stop(request, work, timeout_s)
+    finally:
+        if not work.done():  # stopped, or this coroutine was itself cancelled
+            cancel.set()
+            work.add_done_callback(_log_late_end)
+    if stopped is None:
+        status, payload = work.result()
+        if status != 200:
+            return _problem(status, payload["detail"], parsed.model_dir)
+        return _json(status, payload)
+    if stopped == "timeout":
+        log.warning("upsample request stopped after the %g s limit", timeout_s)
+        return _problem(
+            503,
+            f"the request ran longer than this server's limit of {timeout_s:g} s and was "
+            "stopped; ask for fewer prompts, seeds or rounds",
+            parsed.model_dir,
+        )
+    log.info("upsample request cancelled: the client disconnected")
+    return _problem(_CLIENT_GONE, "the client disconnected; the request was cancelled", None)
+
+
+async def _wait_or_stop(request: Any, work: asyncio.Future, timeout_s: float) -> str | None:
+    """None once `work` is done; "timeout" or "disconnected" when it must be stopped."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        remaining = deadline - loop.time()
+        done, _ = await asyncio.wait({work}, timeout=max(0.0, min(_DISCONNECT_POLL_S, remaining)))
+        if done:
+            return None
+        if remaining <= 0:
+            return "timeout"
+        if await request.is_disconnected():
+            return "disconnected"
+
+
+def _log_late_end(work: asyncio.Future) -> None:
+    """Reads the outcome of work nobody waits for any more, so no error goes unseen."""
+    if work.cancelled():
+        return
+    if work.exception() is not None:
+        log.warning("a cancelled upsample request failed: %s", work.exception())
+
+
 def run_request(
-    get_upsampler: Callable[[], Upsampler], request: UpsampleRequest
+    get_upsampler: Callable[[], Upsampler],
+    request: UpsampleRequest,
+    cancel: threading.Event | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Run the engine; (HTTP status, JSON body). Never lets an exception or traceback out."""
+    """Run the engine; (HTTP status, JSON body). Never lets an exception or traceback out.
+
+    `cancel`, once set, stops the engine at its next check (see `Upsampler.upsample_many`).
+    Messages name no server folder (see `public_text`).
+    """
+    status, payload = _run_engine(get_upsampler, request, cancel)
+    if status != 200:
+        return status, {"detail": public_text(payload["detail"], request.model_dir)}
+    for result in payload["results"]:
+        result["notices"] = [public_text(n, request.model_dir) for n in result["notices"]]
+    return status, payload
+
+
+def _run_engine(
+    get_upsampler: Callable[[], Upsampler],
+    request: UpsampleRequest,
+    cancel: threading.Event | None,
+) -> tuple[int, dict[str, Any]]:
     try:
         upsampler = get_upsampler()
-        results = upsampler.upsample_many(
-            request.prompts, request.settings, request.seeds, request.width, request.height
-        )
+        args = (request.prompts, request.settings, request.seeds, request.width, request.height)
+        if _takes_cancel(upsampler):
+            results = upsampler.upsample_many(*args, cancel=cancel)
+        else:  # an upsampler of the caller's own (create_router takes any)
+            results = upsampler.upsample_many(*args)
+    except Cancelled as exc:
+        return 503, {"detail": f"the request was stopped: {exc}"}
     except _UNAVAILABLE as exc:
         log.warning("upsample request failed: %s", exc)
         return 503, {"detail": str(exc)}
@@ -268,6 +514,16 @@ def run_request(
     return 200, {"results": [result_to_json(r) for r in results]}
 
 
+def _takes_cancel(upsampler: Any) -> bool:
+    try:
+        parameters = inspect.signature(upsampler.upsample_many).parameters
+    except (TypeError, ValueError):
+        return False
+    return "cancel" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
 def result_to_json(result: Result) -> dict[str, Any]:
     """The public shape of one result (what both the webui and the standalone server send)."""
     return {
@@ -277,7 +533,7 @@ def result_to_json(result: Result) -> dict[str, Any]:
         "seed": result.seed,
         "rounds": result.rounds,
         "timings": asdict(result.timings),
-        "model": result.model,
+        "model": _public_model_name(result.model),
         "backend": result.backend,
         "device": result.device,
         "notices": list(result.notices),

@@ -56,7 +56,7 @@ def select_model(
     return ModelChoice(
         backend=wanted,
         path=resolved.path,
-        display_name=spec_name(spec),
+        display_name=models.shown_model_name(spec, name, model_dir),
         takes_quality_line=spec.takes_quality_line,
         notice=notice,
     )

@@ -208,6 +208,21 @@ def parse_model_name(name: str, model_dir: Path | None = None) -> ModelSpec:
     raise ModelNotFound(_unknown_name_message(text, model_dir))
 
 
+def shown_model_name(spec: ModelSpec, given: str, model_dir: Path | None = None) -> str:
+    """The model as results and notices name it: never a server path the user did not type.
+
+    A registry model by its registry name; a local one by its path inside the model
+    folder, else as the user named it.
+    """
+    if spec.local_path is None:
+        return spec.display_name
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    try:
+        return spec.local_path.relative_to(root.resolve()).as_posix()
+    except (OSError, RuntimeError, ValueError):  # ValueError: not inside the folder
+        return given.strip()
+
+
 def _parse_registry_name(text: str) -> ModelSpec | None:
     base, has_variant, variant = text.partition(":")
     key = base.strip().lower().removeprefix("kblueleaf/").removeprefix("dantaggen-")
@@ -341,29 +356,55 @@ def safe_model_path(name: str, model_dir: Path) -> Path:
     """Map a name from the API/UI to a path that cannot leave `model_dir`.
 
     Registry names map to where their download lives (present or not); any
-    other name must be an existing file or folder inside `model_dir`.
+    other name must be an existing file or folder inside `model_dir`. The
+    messages name no server path: they go to whoever sent the name.
     """
     if not isinstance(name, str) or not name.strip() or "\x00" in name:
-        raise ModelError(f"Invalid model name {name!r}. {_choices_text()}")
+        raise ModelError(f"Invalid model name {_shown(name)}. {_choices_text()}")
     text = name.strip()
     spec = _parse_registry_name(text)
     if spec is not None:
         return _registry_path(spec, model_dir)
     if ".." in re.split(r"[\\/]", text):
         raise ModelError(
-            f"Model name {text!r} may not contain '..'; name a model inside {model_dir}."
+            f"Model name {_shown(text)} may not contain '..'; name a model inside the model folder."
         )
+    try:
+        target = _inside_model_dir(text, model_dir)
+    except ModelError:
+        raise
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop (pre-3.13 raises)
+        reason = exc.strerror if isinstance(exc, OSError) else "a symlink loop"
+        raise ModelError(
+            f"Model name {_shown(text)} cannot name a file in the model folder: {reason}."
+        ) from exc
+    if target is None:
+        raise ModelError(
+            f"Model {_shown(text)} is outside the model folder; only models there are allowed."
+        )
+    return target
+
+
+def _inside_model_dir(text: str, model_dir: Path) -> Path | None:
+    """The existing path `text` names inside `model_dir`, or None when it leads outside."""
     root = Path(model_dir).resolve()
     # resolve() follows symlinks, so a link inside the folder that points
     # outside of it fails the containment check below.
     target = (root / text).resolve()
     if not target.is_relative_to(root):
-        raise ModelError(
-            f"Model {text!r} is outside the model folder {root}; only models there are allowed."
-        )
+        return None
     if not target.exists():
-        raise ModelNotFound(f"No model {text!r} in {root}. {_choices_text()}")
+        raise ModelNotFound(f"No model {_shown(text)} in the model folder. {_choices_text()}")
     return target
+
+
+def _shown(name: object, limit: int = 80) -> str:
+    """A name as it goes into a message: quoted, escaped, and cut when very long."""
+    text = ascii(name)
+    if len(text) <= limit:
+        return text
+    length = f"{len(name)} characters" if isinstance(name, str) else "long"
+    return f"{text[: limit - 5]}...{text[-1]} ({length})"
 
 
 # ---------------------------------------------------------------- resolving
@@ -433,7 +474,8 @@ def _find_in_hf_cache(spec: ModelSpec) -> Path | None:
     return path.parent if _hf_folder_complete(path.parent) else None
 
 
-def _hf_cache_dir() -> str | None:
+def hf_cache_dir() -> str | None:
+    """The Hugging Face hub cache folder, when huggingface_hub is loaded."""
     hub_constants = sys.modules.get("huggingface_hub.constants")
     return getattr(hub_constants, "HF_HUB_CACHE", None)
 
@@ -466,7 +508,7 @@ def _missing_message(spec: ModelSpec, model_dir: Path, blocker: tuple[str, str])
     target = _registry_path(spec, model_dir)
     what = spec.filename or "the transformers files (config.json, model.safetensors, tokenizer)"
     places = [str(target)]
-    cache = _hf_cache_dir()
+    cache = hf_cache_dir()
     if cache:
         places.append(f"the Hugging Face cache {cache}")
     return (
@@ -757,27 +799,45 @@ def _record_size(folder: Path, filename: str, size: int | None) -> None:
 
 
 def list_local_models(model_dir: Path | None = None) -> list[LocalModel]:
-    """GGUF files and transformers folders in `model_dir` and one level below."""
+    """GGUF files and transformers folders in `model_dir` and one level below.
+
+    Only what lies inside the folder once symlinks are followed is listed: a link
+    out of it (to a system file, say) could not be used through `safe_model_path`,
+    and its name and size are nobody's business.
+    """
     root = Path(model_dir) if model_dir is not None else default_model_dir()
     if not root.is_dir():
         return []
+    try:
+        real_root = root.resolve()
+    except (OSError, RuntimeError):
+        return []
     found: list[LocalModel] = []
-    for folder in [root, *_visible_subdirs(root)]:
-        found.extend(_gguf_model(root, path) for path in _visible_files(folder, ".gguf"))
-        for candidate in _visible_subdirs(folder):
+    for folder in [root, *_visible_subdirs(root, real_root)]:
+        found.extend(_gguf_model(root, path) for path in _visible_files(folder, real_root, ".gguf"))
+        for candidate in _visible_subdirs(folder, real_root):
             if _looks_like_hf_folder(candidate):
-                found.append(_hf_model(root, candidate))
+                found.append(_hf_model(root, candidate, real_root))
     return sorted(found, key=lambda model: model.name.lower())
 
 
-def _visible_subdirs(folder: Path) -> list[Path]:
+def _resolves_inside(path: Path, real_root: Path) -> bool:
     try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+        return path.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop before Python 3.13
+        return False
+
+
+def _visible_subdirs(folder: Path, real_root: Path) -> list[Path]:
+    try:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()]
     except OSError:
         return []
+    return sorted(p for p in entries if _resolves_inside(p, real_root))
 
 
-def _visible_files(folder: Path, suffix: str) -> list[Path]:
+def _visible_files(folder: Path, real_root: Path, suffix: str | None = None) -> list[Path]:
+    """Files in `folder` (ending in `suffix`, when given) that lie inside `real_root`."""
     try:
         entries = list(folder.iterdir())
     except OSError:
@@ -785,7 +845,10 @@ def _visible_files(folder: Path, suffix: str) -> list[Path]:
     return sorted(
         p
         for p in entries
-        if not p.name.startswith(".") and p.suffix.lower() == suffix and p.is_file()
+        if not p.name.startswith(".")
+        and (suffix is None or p.suffix.lower() == suffix)
+        and p.is_file()
+        and _resolves_inside(p, real_root)
     )
 
 
@@ -808,13 +871,11 @@ def _gguf_model(root: Path, path: Path) -> LocalModel:
     return LocalModel(name, GGUF_KIND, path, _file_size(path))
 
 
-def _hf_model(root: Path, folder: Path) -> LocalModel:
+def _hf_model(root: Path, folder: Path, real_root: Path) -> LocalModel:
     entry = _registry_folder_entry(root, folder)
     name = f"{entry.name}:hf" if entry is not None else folder.relative_to(root).as_posix()
     size = sum(
-        _file_size(p)
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".gguf"
+        _file_size(p) for p in _visible_files(folder, real_root) if p.suffix.lower() != ".gguf"
     )
     return LocalModel(name, HF_KIND, folder, size)
 
