@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import os
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from .limits import MAX_PROMPT_CHARS, MAX_SIZE, REQUEST_TIMEOUT_S
 from .settings import TARGETS, SettingsError, UpsampleSettings
 
 log = logging.getLogger("dtg")
@@ -29,9 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="sampling seed (default 0; -1: a random one, printed to stderr to replay it)",
     )
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--target", default="long", help=f"one of {', '.join(TARGETS)}")
+    parser.add_argument("--width", type=int, default=1024, help=f"1 to {MAX_SIZE} (default 1024)")
+    parser.add_argument("--height", type=int, default=1024, help=f"1 to {MAX_SIZE} (default 1024)")
+    parser.add_argument(
+        "--target", default=UpsampleSettings.target, help=f"one of {', '.join(TARGETS)}"
+    )
     parser.add_argument(
         "--model",
         default=None,
@@ -40,13 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-dir", type=Path, default=None, help="where models are found and downloaded"
     )
-    parser.add_argument("--backend", default="auto", help="auto, llama.cpp or torch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     parser.add_argument(
-        "--ban", default="", help="comma-separated tags, *wildcards or /regex/ never to add"
+        "--backend", default=UpsampleSettings.backend, help="auto, llama.cpp or torch"
+    )
+    parser.add_argument("--device", default=UpsampleSettings.device, help="cpu, cuda, mps")
+    parser.add_argument(
+        "--ban",
+        default=UpsampleSettings.ban_tags,
+        help="comma-separated tags, *wildcards or /regex/ never to add",
     )
     parser.add_argument(
-        "--format", default="default", help="default, one line, append, or a template"
+        "--format", default=UpsampleSettings.format, help="default, one line, append, or a template"
     )
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-p", type=float, default=None)
@@ -103,8 +112,24 @@ def build_serve_parser() -> argparse.ArgumentParser:
         "--model-dir", type=Path, default=None, help="the only folder API requests may name"
     )
     parser.add_argument("--offline", action="store_true", help="never download")
+    parser.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=REQUEST_TIMEOUT_S,
+        help=f"seconds an API request may run before it is stopped (default {REQUEST_TIMEOUT_S:g})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"a time limit is a positive number, got {text}")
+    return seconds
 
 
 def _port(text: str) -> int:
@@ -156,12 +181,15 @@ def serve(argv: Sequence[str]) -> int:
         model=args.model,
         model_dir=args.model_dir,
         allow_download=not args.offline,
+        request_timeout_s=args.request_timeout,
     )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # (Python's stderr always escapes what its encoding lacks.)
+    _escape_what_cannot_be_encoded(sys.stdout)
     if argv[:1] == ["serve"]:
         return serve(argv[1:])
     parser = build_parser()
@@ -170,14 +198,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
     if args.list_models:
-        return _list_models(args)
+        return _write_out(lambda: _list_models(args))
     if args.prompt is None:
         parser.error("give a prompt, or --list-models")
+    problem = argument_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    logged = _LoggedMessages()
+    log.addFilter(logged)
+    try:
+        return _expand(args, logged)
+    finally:
+        log.removeFilter(logged)
+
+
+def _expand(args: argparse.Namespace, logged: _LoggedMessages) -> int:
     try:
         settings = settings_from_args(args)
         upsampler = _upsampler(args)
         if args.dry_run:
-            return _dry_run(upsampler, args, settings)
+            prepared = _prepared(upsampler, args, settings)
+            return _write_out(lambda: _show_dry_run(prepared, args.json))
         seed = _chosen_seed(args.seed)
         result = upsampler.upsample(args.prompt, settings, seed, args.width, args.height)
     except SettingsError as exc:
@@ -188,11 +230,95 @@ def main(argv: Sequence[str] | None = None) -> int:
         # messages written for people; print the message, not a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-    else:
-        print(result.final_prompt)
-    return 0
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return _write_out(lambda: _show_result(result, args.json, logged.seen))
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the prompt or size, by the limits the HTTP API applies too."""
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if not 1 <= value <= MAX_SIZE:
+            return f"--{name} must be a whole number from 1 to {MAX_SIZE}, got {value}"
+    if len(args.prompt) > MAX_PROMPT_CHARS:
+        return f"the prompt has {len(args.prompt)} characters; at most {MAX_PROMPT_CHARS} are read"
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        # Bytes the terminal's encoding could not decode arrive as lone surrogates.
+        return "the prompt is not valid text: it holds bytes that are not UTF-8"
+    return None
+
+
+def _show_result(result: Any, as_json: bool, logged: set[str]) -> None:
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    print(result.final_prompt)
+    sys.stdout.flush()  # the expansion first, should a notice fail to write
+    for notice in getattr(result, "notices", ()):
+        if notice not in logged:  # the log has printed it already
+            print(f"note: {notice}", file=sys.stderr)
+
+
+def _print_json(data: Any) -> None:
+    """JSON with text as it is, or with \\u escapes where stdout's encoding lacks a character."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if not _encodable(text, sys.stdout):
+        text = json.dumps(data, indent=2)
+    print(text)
+
+
+def _encodable(text: str, stream: TextIO) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _escape_what_cannot_be_encoded(stream: TextIO) -> None:
+    """Let `stream` write a character its encoding lacks as an escape (\\u30e1), not fail.
+
+    An ASCII terminal (PYTHONIOENCODING=ascii, LANG=C on old systems) would
+    otherwise turn an expansion with a Japanese tag into a traceback.
+    """
+    reconfigure = getattr(stream, "reconfigure", None)
+    if callable(reconfigure) and getattr(stream, "errors", None) == "strict":
+        # A stream that refuses is left as it is; _write_out still reports its failure.
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="backslashreplace")
+
+
+def _write_out(show: Callable[[], int | None]) -> int:
+    """Run `show`, which prints the output; failing to write it is one line on stderr."""
+    try:
+        code = show()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped reading (`| head -1`): it has what it wanted, so no message.
+        # Pointing stdout at nowhere keeps Python's own flush at exit quiet too.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (OSError, UnicodeError) as exc:
+        print(f"error: cannot write the output: {exc}", file=sys.stderr)
+        return 1
+    return code or 0
+
+
+class _LoggedMessages(logging.Filter):
+    """Remembers what the "dtg" log said, so a notice it printed is not printed again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.seen.add(record.getMessage())
+        return True
 
 
 def _chosen_seed(seed: int) -> int:
@@ -212,26 +338,24 @@ def _upsampler(args: argparse.Namespace) -> Any:
     return Upsampler(model_dir=args.model_dir, lookup=lookup, allow_download=not args.offline)
 
 
-def _dry_run(upsampler: Any, args: argparse.Namespace, settings: UpsampleSettings) -> int:
+def _prepared(upsampler: Any, args: argparse.Namespace, settings: UpsampleSettings) -> Any:
     from . import models
 
     quality_line = models.parse_model_name(settings.model, args.model_dir).takes_quality_line
-    prepared = upsampler.prepare(
+    return upsampler.prepare(
         args.prompt, settings, args.width, args.height, quality_line=quality_line
     )
+
+
+def _show_dry_run(prepared: Any, as_json: bool) -> None:
     rows = _item_rows(prepared.classified)
-    if args.json:
-        print(
-            json.dumps(
-                {"items": rows, "model_input": prepared.model_input}, indent=2, ensure_ascii=False
-            )
-        )
-        return 0
+    if as_json:
+        _print_json({"items": rows, "model_input": prepared.model_input})
+        return
     for row in rows:
         weight = "" if row["weight"] is None else f"{row['weight']:.3f}"
         print(f"{row['kind']:<14} {row['category'] or '':<10} {weight:>6}  {row['text']}")
     print("\nModel input:\n" + prepared.model_input)
-    return 0
 
 
 def _item_rows(classified: Any) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .assemble import assemble
-from .backends.base import BackendUnavailable, ModelLoadError, PromptTooLong
+from .backends.base import BackendUnavailable, ModelLoadError, PromptTooLong, fold_seed
 from .ban import compile_ban_list
 from .categories import Category, raw_key
 from .dtg_format import (
@@ -48,12 +48,16 @@ DEFAULT_CONTEXT = 2048
 # would hardly add a tag.
 MIN_NEW_TOKENS = 48
 
-# Errors that already say what went wrong in the user's terms; passed on as they are.
-_CLEAR_ERRORS = (ModelError, BackendUnavailable, ModelLoadError, PromptTooLong, SettingsError)
-
 
 class UpsampleError(RuntimeError):
     """One stage of an expansion failed unexpectedly; the message names stage and prompt."""
+
+
+class Cancelled(UpsampleError):
+    """The caller stopped the job (its client went away, or its time ran out).
+
+    Raised at the next check: before each expansion and before each round.
+    """
 
 
 class GenerationError(UpsampleError):
@@ -61,6 +65,17 @@ class GenerationError(UpsampleError):
 
     The backend was dropped from the cache, so the next request loads it afresh.
     """
+
+
+# Errors that already say what went wrong in the user's terms; passed on as they are.
+_CLEAR_ERRORS = (
+    ModelError,
+    BackendUnavailable,
+    ModelLoadError,
+    PromptTooLong,
+    SettingsError,
+    Cancelled,
+)
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,13 @@ class _Job:
     height: int
     backend: Any
     quality_line: bool
+    cancel: threading.Event | None = None
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Raise Cancelled once `cancel` is set; the engine calls it between steps."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the upsample job was cancelled")
 
 
 class Upsampler:
@@ -186,8 +208,10 @@ class Upsampler:
         seed: int,
         width: int = 1024,
         height: int = 1024,
+        *,
+        cancel: threading.Event | None = None,
     ) -> Result:
-        return self.upsample_many([prompt], settings, [seed], width, height)[0]
+        return self.upsample_many([prompt], settings, [seed], width, height, cancel=cancel)[0]
 
     def upsample_many(
         self,
@@ -196,14 +220,22 @@ class Upsampler:
         seeds: Sequence[int],
         width: int = 1024,
         height: int = 1024,
+        *,
+        cancel: threading.Event | None = None,
     ) -> list[Result]:
+        """One Result per (prompt, seed).
+
+        `cancel`: once it is set (from another thread), the job stops before its next
+        expansion or round and raises Cancelled; a round already running finishes first.
+        """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed each")
         started = time.perf_counter()
+        check_cancel(cancel)
         choice = self._choose_model(settings)
         with self.backends.lease(choice.backend, choice.path, settings.device) as backend:
             load_s = time.perf_counter() - started
-            job = _Job(settings, width, height, backend, choice.takes_quality_line)
+            job = _Job(settings, width, height, backend, choice.takes_quality_line, cancel)
             if hasattr(backend, "generate_batch") and len(prompts) > 1:
                 results = self._expand_together(prompts, seeds, job)
             else:
@@ -249,7 +281,7 @@ class Upsampler:
         """
         try:
             yield
-        except PromptTooLong:
+        except (PromptTooLong, Cancelled):
             raise
         except Exception as exc:
             self.backends.discard(backend)
@@ -282,13 +314,19 @@ class Upsampler:
     def _begin(self, prompt: str, seed: int, job: _Job) -> _Rounds:
         """Everything before the model runs: read, classify and fit the prompt."""
         settings, width, height = job.settings, job.width, job.height
+        check_cancel(job.cancel)
         started = time.perf_counter()
         with _stage("reading the prompt"):
             prepared = self.prepare(prompt, settings, width, height, quality_line=job.quality_line)
         lookup_s = time.perf_counter() - started
+        # A lookup that could not read its index (tag_lookup.TagLookup.notices) says so here.
+        lookup_notices = list(getattr(self.lookup, "notices", ()))
         with _stage("fitting the prompt into the model's context"):
             prepared, notices = fit_to_context(prepared, job.backend, settings, width, height)
-        return _Rounds(prepared, settings, seed, lookup_s=lookup_s, notices=notices)
+        notices = lookup_notices + notices
+        return _Rounds(
+            prepared, settings, seed, lookup_s=lookup_s, notices=notices, cancel=job.cancel
+        )
 
     def _finish(self, prompt: str, loop: _Rounds, started: float, earlier_s: float = 0.0) -> Result:
         """The Result; total_s is the time since `started` plus `earlier_s`."""
@@ -334,8 +372,10 @@ class _Rounds:
         *,
         lookup_s: float = 0.0,
         notices: Sequence[str] = (),
+        cancel: threading.Event | None = None,
     ) -> None:
         self.prepared = prepared
+        self.cancel = cancel
         self.settings = settings
         self.seed = seed
         self.lookup_s = lookup_s
@@ -363,12 +403,18 @@ class _Rounds:
             self.take(text, generation)
 
     def next_input(self) -> tuple[str, int] | None:
-        """The next round's model input and seed, or None once the expansion is done."""
+        """The next round's model input and seed, or None once the expansion is done.
+
+        Raises Cancelled when the job was cancelled, so a cancelled job stops between rounds.
+        """
+        check_cancel(self.cancel)
         if self.rounds >= self.settings.max_rounds or len(self.new_tags) >= self.needed:
             self.finished = True
         if self.finished:
             return None
-        round_seed = self.seed + self.rounds
+        # Folded here, not only in the backends, so the shuffle below sees the same seed
+        # as sampling: seeds that differ by a multiple of 2**32 - 1 give equal expansions.
+        round_seed = fold_seed(self.seed + self.rounds)
         fed = list(self.new_tags)
         random.Random(round_seed).shuffle(fed)
         return continuation_input(self.prepared.model_input, fed), round_seed
@@ -466,7 +512,9 @@ def _with_model(result: Result, choice: ModelChoice, backend: Any, load_s: float
         backend=backend.name,
         device=backend.device,
         timings=timings,
-        notices=((choice.notice,) if choice.notice else ()) + result.notices,
+        notices=((choice.notice,) if choice.notice else ())
+        + tuple(getattr(backend, "notices", ()))  # such as a GPU the backend could not use
+        + result.notices,
     )
 
 
@@ -592,8 +640,12 @@ def upsample(
     seed: int = 0,
     width: int = 1024,
     height: int = 1024,
+    *,
+    cancel: threading.Event | None = None,
 ) -> Result:
-    return default_upsampler().upsample(prompt, settings or UpsampleSettings(), seed, width, height)
+    return default_upsampler().upsample(
+        prompt, settings or UpsampleSettings(), seed, width, height, cancel=cancel
+    )
 
 
 def upsample_many(
@@ -602,7 +654,9 @@ def upsample_many(
     seeds: Sequence[int] = (),
     width: int = 1024,
     height: int = 1024,
+    *,
+    cancel: threading.Event | None = None,
 ) -> list[Result]:
     return default_upsampler().upsample_many(
-        prompts, settings or UpsampleSettings(), seeds, width, height
+        prompts, settings or UpsampleSettings(), seeds, width, height, cancel=cancel
     )

@@ -138,3 +138,22 @@ def test_seed_minus_one_draws_a_seed_and_prints_it(capsys, monkeypatch):
     assert captured.err.strip() == "seed: 123456" and captured.out.strip() == "1girl, more"
     assert cli.main(["--seed", "7", "1girl"]) == 0
     assert seen[-1] == 7 and capsys.readouterr().err == ""
+
+
+def test_serve_passes_its_request_time_limit_to_the_server(fake_server):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert cli.main(["serve", "--port", str(port), "--request-timeout", "90"]) == 0
+    ((_, kwargs),) = fake_server
+    assert kwargs["request_timeout_s"] == 90.0
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan", "soon"])
+def test_serve_refuses_a_time_limit_that_is_none(fake_server, capsys, value):
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--request-timeout", value])
+    assert "--request-timeout" in capsys.readouterr().err
+    assert fake_server == []

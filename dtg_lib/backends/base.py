@@ -58,6 +58,9 @@ class Backend(Protocol):
     would give it with that seed, computed together. `upsample_many` then
     advances a job's expansions in lockstep; without it (llama.cpp) it expands
     them one after another, which keeps llama.cpp's prefix reuse between rounds.
+
+    A backend may also have `notices`: a tuple of things to tell the user with
+    every result it gives, such as a GPU it could not use and the device it ran on instead.
     """
 
     name: str
@@ -69,6 +72,24 @@ class Backend(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+FileStamp = tuple[tuple[str, int, int, int], ...]
+
+
+def file_stamp(path: Path) -> FileStamp:
+    """Name, size, mtime and inode of a model file, or of each file directly in a model folder.
+
+    Backends compare it before each generation: a file rewritten, truncated or
+    replaced since the model was loaded has another stamp, and is reloaded (or
+    fails to, which is a clear error) rather than read under the loaded model.
+    """
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        stats = [(f.name, f.stat()) for f in files]
+    except OSError:
+        return ()  # gone or unreadable: differs from any stamp taken at load
+    return tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
 
 
 def fold_seed(seed: int) -> int:

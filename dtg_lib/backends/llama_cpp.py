@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,11 +18,12 @@ from .base import (
     Generation,
     ModelLoadError,
     Stopwatch,
+    file_stamp,
     fold_seed,
     new_token_budget,
     normalize_device,
 )
-from .llama_params import extra_buffers_wanted, model_params
+from .llama_params import extra_buffers_wanted, mmap_wanted, model_params
 
 log = logging.getLogger("dtg")
 
@@ -121,16 +123,40 @@ def check_gguf_file(path: Path) -> None:
         raise ModelLoadError(f"{path} has a corrupt GGUF header")
 
 
-def _gpu_layers(llama_cpp: Any, device: str) -> tuple[int, str]:
-    if device == "cpu":
-        return 0, "cpu"
+def offload_problem(llama_cpp: Any, device: str, platform: str = sys.platform) -> str | None:
+    """Why this llama.cpp cannot run the model on `device` (not "cpu"), or None when it can.
+
+    A GPU build offloads to the one GPU API it was built for: Metal on macOS,
+    CUDA (or ROCm, Vulkan) elsewhere.
+    """
     if not llama_cpp.llama_supports_gpu_offload():
-        log.warning(
-            "this llama-cpp-python build has no GPU support, so the model runs on the CPU; "
-            "install a CUDA/Metal build of llama-cpp-python to offload it"
+        return (
+            "this llama-cpp-python build has no GPU offload; "
+            "a CUDA or Metal build of llama-cpp-python offloads the model"
         )
-        return 0, "cpu"
-    return -1, device
+    if device == "mps" and platform != "darwin":
+        return "MPS exists only on macOS"
+    if device.startswith("cuda") and platform == "darwin":
+        return "llama.cpp on macOS offloads to Metal: choose mps"
+    return None
+
+
+def placement(llama_cpp: Any, device: str) -> tuple[int, str, str]:
+    """GPU layers, the device the model runs on, and a notice when that is not `device`.
+
+    An unavailable GPU is not an error, unlike in the torch backend: the plain
+    `pip install llama-cpp-python` build has no GPU offload, and DTG's GGUF runs
+    well on the CPU, so a webui set to "cuda" keeps working; the notice travels
+    with every result, so the fallback is never silent.
+    """
+    if device == "cpu":
+        return 0, "cpu", ""
+    problem = offload_problem(llama_cpp, device)
+    if problem is None:
+        return -1, device, ""
+    notice = f"device {device!r} is not available to llama.cpp here; ran on cpu ({problem})"
+    log.warning(notice)
+    return 0, "cpu", notice
 
 
 class LlamaCppBackend:
@@ -148,24 +174,37 @@ class LlamaCppBackend:
         *,
         n_threads: int | None = None,
         extra_buffers: bool | None = None,
+        use_mmap: bool | None = None,
     ):
         llama_cpp = import_llama_cpp()
         self.model_path = Path(model_path)
         check_gguf_file(self.model_path)
-        layers, self.device = _gpu_layers(llama_cpp, normalize_device(device))
+        layers, self.device, notice = placement(llama_cpp, normalize_device(device))
+        # Told with every result (see Backend): this model always runs where it was placed.
+        self.notices: tuple[str, ...] = (notice,) if notice else ()
         # llama-cpp-python defaults to half the cores; DTG is small and benefits from all.
         threads = n_threads or os.cpu_count() or 1
         self._lock = threading.Lock()
         # AMX/repack weight buffers segfault on some CPUs; see llama_params.
         self.extra_buffers = extra_buffers_wanted(extra_buffers)
+        # A mapped file truncated under a running model is a SIGBUS; see llama_params.
+        self.use_mmap = mmap_wanted(use_mmap)
+        self._load_options = {"n_gpu_layers": layers, "n_threads": threads}
+        self._llm = self._load(llama_cpp)
+
+    def _load(self, llama_cpp: Any) -> Any:
+        """A Llama over the file as it is now; its stamp is kept to notice later changes."""
+        self._stamp = file_stamp(self.model_path)
+        threads = self._load_options["n_threads"]
         try:
             with model_params(llama_cpp, extra_buffers=self.extra_buffers):
-                self._llm = llama_cpp.Llama(
+                llm = llama_cpp.Llama(
                     model_path=str(self.model_path),
                     n_ctx=N_CTX,
-                    n_gpu_layers=layers,
+                    n_gpu_layers=self._load_options["n_gpu_layers"],
                     n_threads=threads,
                     n_threads_batch=threads,
+                    use_mmap=self.use_mmap,
                     verbose=False,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
@@ -176,6 +215,23 @@ class LlamaCppBackend:
         log.info(
             "loaded %s with llama.cpp on %s (%d threads)", self.model_path, self.device, threads
         )
+        return llm
+
+    def _current_model(self) -> Any:
+        """The open model, reloaded first when its file changed since it was loaded.
+
+        Called with the lock held, before each generation. A file that no longer
+        loads raises ModelLoadError and leaves the backend closed.
+        """
+        llm = self._require_open()
+        if file_stamp(self.model_path) == self._stamp:
+            return llm
+        log.warning("model file %s changed since it was loaded; reloading it", self.model_path)
+        self._llm, self._evaluated, self._marker_id = None, None, _UNSET
+        _close_llama(llm)
+        check_gguf_file(self.model_path)
+        self._llm = self._load(import_llama_cpp())
+        return self._llm
 
     def _require_open(self) -> Any:
         if self._llm is None:
@@ -192,7 +248,7 @@ class LlamaCppBackend:
 
     def generate(self, prompt: str, sampling: SamplingSettings, seed: int) -> Generation:
         with self._lock:
-            llm = self._require_open()
+            llm = self._current_model()
             tokens = self._tokenize(llm, prompt)
             budget = new_token_budget(len(tokens), N_CTX, sampling.max_new_tokens)
             clock = Stopwatch()
@@ -279,7 +335,11 @@ class LlamaCppBackend:
         with self._lock:
             llm, self._llm = self._llm, None
         if llm is not None:
-            closer = getattr(llm, "close", None)
-            if callable(closer):
-                closer()
+            _close_llama(llm)
             log.info("closed llama.cpp model %s", self.model_path)
+
+
+def _close_llama(llm: Any) -> None:
+    closer = getattr(llm, "close", None)  # older llama-cpp-python frees on garbage collection
+    if callable(closer):
+        closer()
