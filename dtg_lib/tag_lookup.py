@@ -31,12 +31,19 @@ Classification order for one tag:
 The index lives in the user cache directory (``DTG_CACHE_DIR`` overrides it),
 is written to a temporary file and renamed into place, and is rebuilt when a
 source's size or mtime changes or when the file at the path does not prove
-itself complete.
+itself complete. A page that goes bad while the index is in use is rebuilt too,
+every time it happens; if a rebuild fails, tags read as general (with a notice,
+see `TagLookup.notices`) until a later attempt works.
+
+Each open tidies the index's folder: temporary files of builds that died are
+removed, and so are other source sets' indexes beyond the few most recently
+used or unused for a month (see `sweep_cache`).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import importlib.util
 import json
 import logging
@@ -82,6 +89,20 @@ _ARTIST_PREFIX = re.compile(r"^\s*(?:by[\s_]+|artist:)(?P<name>.+)$", re.IGNOREC
 # while the kgen lists spell every underscore as a space.
 _SHORT_NAME = 3
 _BUILD_CACHE_KIB = 64 * 1024
+# After a failed rebuild, how long lookups answer "unknown" before the next attempt:
+# one attempt (and one log line) per interval rather than per tag.
+REBUILD_RETRY_S = 60.0
+
+# Cache housekeeping (see sweep_cache). A build's temporary file is named
+# ".<index name>.<writer pid>.<random>.tmp" (before the pid was added, without it).
+INDEX_NAME = re.compile(r"^tag-index-[0-9a-f]{16}\.sqlite$")
+_TEMP_NAME = re.compile(r"^\.(?P<index>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]+\.tmp$")
+STALE_TEMP_S = 3600.0
+# A dead writer's file waits this long anyway: a cache folder shared between
+# containers sees pids of other namespaces as dead.
+DEAD_WRITER_TEMP_S = 300.0
+KEEP_INDEXES = 4
+MAX_UNUSED_S = 30 * 24 * 3600.0
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -410,7 +431,9 @@ def _build_index(target: Path, sources: Sequence[TagSource], fingerprint: str) -
     import tempfile  # only builds need it; keeps the import of this module cheap
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    handle, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
+    )
     os.close(handle)
     tmp = Path(tmp_name)
     started = time.perf_counter()
@@ -483,6 +506,93 @@ def _connect(
     return conn if conn is not None else _memory_index(sources, fingerprint)
 
 
+# --- keeping the cache folder tidy ---------------------------------------------
+
+
+def sweep_cache(index_path: Path, now: float | None = None) -> list[Path]:
+    """Remove dead builds' temporary files and unused indexes beside `index_path`.
+
+    Policy: a temporary file goes once it is an hour old, or five minutes old
+    with its writer process gone. Of the other indexes (``tag-index-*.sqlite``,
+    one per source set), those unused for 30 days go, and of the rest only the
+    most recently used ones are kept, `KEEP_INDEXES` counting the one in use.
+    "Used" is the later of a file's mtime and atime; opening an index sets its
+    atime (`mark_used`). Returns what was removed.
+    """
+    now = time.time() if now is None else now
+    try:
+        entries = list(index_path.parent.iterdir())
+    except OSError:
+        return []
+    doomed = [p for p in entries if _is_stale_temp(p, index_path.name, now)]
+    doomed += _unwanted_indexes(index_path, entries, now)
+    removed = []
+    for path in doomed:
+        try:
+            path.unlink()
+        except OSError as exc:  # in use (Windows), already gone, or not ours to delete
+            log.debug("could not remove %s from the tag index cache: %s", path, exc)
+            continue
+        removed.append(path)
+    if removed:
+        log.info(
+            "removed %d stale file(s) from %s: %s",
+            len(removed),
+            index_path.parent,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
+
+
+def mark_used(path: Path) -> None:
+    """Set the atime of an index to now, keeping its mtime; see `sweep_cache`."""
+    try:
+        stat = path.stat()
+        os.utime(path, ns=(time.time_ns(), stat.st_mtime_ns))
+    except OSError as exc:  # a read-only cache still works, it just is not tidied
+        log.debug("could not mark tag index %s as used: %s", path, exc)
+
+
+def _is_stale_temp(path: Path, index_name: str, now: float) -> bool:
+    match = _TEMP_NAME.match(path.name)
+    if match is None:
+        return False
+    if match["index"] != index_name and not INDEX_NAME.match(match["index"]):
+        return False  # not a tag index build: leave it alone
+    age = now - _last_used(path)
+    if age > STALE_TEMP_S:
+        return True
+    writer = match["pid"]
+    return writer is not None and age > DEAD_WRITER_TEMP_S and not _process_exists(int(writer))
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process with this pid runs here; True when that cannot be told."""
+    if os.name != "posix" or pid <= 0:
+        return True  # on Windows, os.kill(pid, 0) would send CTRL+C, not probe
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    return True
+
+
+def _unwanted_indexes(index_path: Path, entries: list[Path], now: float) -> list[Path]:
+    others = [p for p in entries if INDEX_NAME.match(p.name) and p.name != index_path.name]
+    others.sort(key=_last_used, reverse=True)
+    kept = others[: max(KEEP_INDEXES - 1, 0)]
+    unwanted = others[len(kept) :]
+    return unwanted + [p for p in kept if now - _last_used(p) > MAX_UNUSED_S]
+
+
+def _last_used(path: Path) -> float:
+    try:
+        stat = path.stat()
+    except OSError:
+        return float("inf")  # gone already: nothing to remove
+    return max(stat.st_mtime, stat.st_atime)
+
+
 # --- the lookup ---------------------------------------------------------------
 
 
@@ -496,30 +606,55 @@ class TagLookup:
         self._fingerprint = _fingerprint(self.sources)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._recovered = False
+        self._closed = False
+        # Set while no index can be had: why, and when to try rebuilding again.
+        self._broken: str | None = None
+        self._retry_at = 0.0
 
     @classmethod
     def open(cls, sources: Sequence[TagSource], index_path: Path | None = None) -> TagLookup:
         sources = tuple(sources)
         lookup = cls(sources, Path(index_path) if index_path else default_index_path(sources))
         lookup._attach(rebuild=False)
+        sweep_cache(lookup.index_path)
         return lookup
 
     def _attach(self, *, rebuild: bool) -> None:
         conn = _connect(self.index_path, self.sources, self._fingerprint, rebuild=rebuild)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'problems'").fetchone()
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'problems'").fetchone()
+        except sqlite3.Error:
+            conn.close()
+            raise
         self.problems = json.loads(row[0]) if row else []
         self._conn = conn
+        mark_used(self.index_path)
 
     @property
     def closed(self) -> bool:
-        return self._conn is None
+        return self._closed
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        """What a result classified now should tell the user: empty unless lookups fail."""
+        with self._lock:
+            if self._broken is None:
+                return ()
+            return (
+                f"The tag index is unusable ({self._broken}), so artist, character and "
+                "copyright tags were not recognised and went in as general tags; "
+                "the expansion may suffer until the index can be rebuilt.",
+            )
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._closed = True
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def __enter__(self) -> TagLookup:
         return self
@@ -532,8 +667,10 @@ class TagLookup:
 
     def classify_many(self, tags: Iterable[str]) -> list[TagInfo]:
         with self._lock:
-            if self._conn is None:
+            if self._closed:
                 raise RuntimeError("TagLookup is closed")
+            if self._broken is not None and time.monotonic() >= self._retry_at:
+                self._rebuild()
             return [self._classify(tag) for tag in tags]
 
     def _classify(self, tag: str) -> TagInfo:
@@ -561,7 +698,7 @@ class TagLookup:
         return found
 
     def _find(self, key: str) -> TagInfo | None:
-        if not key:
+        if not key or self._conn is None:  # no index (see _degrade): every name is unknown
             return None
         row = self._fetch(_SQL_EXACT, key) or self._fetch(_SQL_ALIAS, key)
         if row is None:
@@ -569,25 +706,50 @@ class TagLookup:
         return TagInfo(row[0], _CATEGORY_OF[row[1]], True)
 
     def _fetch(self, sql: str, key: str) -> tuple[str, int] | None:
-        assert self._conn is not None
+        if self._conn is None:  # degraded by an earlier fetch of this same name
+            return None
         try:
             return self._conn.execute(sql, (key,)).fetchone()
         except sqlite3.DatabaseError as exc:
             return self._recover(exc, sql, key)
 
     def _recover(self, exc: sqlite3.DatabaseError, sql: str, key: str) -> tuple[str, int] | None:
-        """A page went bad after the open-time checks passed: rebuild once, then give up."""
-        if self._recovered:
-            log.error(
-                "tag index %s is unusable (%s); treating %r as unknown", self.index_path, exc, key
-            )
-            return None
-        self._recovered = True
+        """A page went bad after the open-time checks passed: rebuild, as often as it happens."""
         log.warning("tag index %s failed (%s); rebuilding it", self.index_path, exc)
+        if not self._rebuild():
+            return None
         assert self._conn is not None
-        self._conn.close()
-        self._attach(rebuild=True)
-        return self._fetch(sql, key)
+        try:
+            return self._conn.execute(sql, (key,)).fetchone()
+        except sqlite3.DatabaseError as again:
+            self._degrade(f"it failed again right after a rebuild: {again}")
+            return None
+
+    def _rebuild(self) -> bool:
+        """Replace the connection with one to a fresh index; False (degraded) when that fails."""
+        self._drop_connection()
+        try:
+            self._attach(rebuild=True)
+        except (sqlite3.Error, OSError) as exc:
+            self._degrade(f"rebuilding it failed: {exc}")
+            return False
+        if self._broken is not None:
+            log.info("tag index %s works again", self.index_path)
+        self._broken = None
+        return True
+
+    def _degrade(self, reason: str) -> None:
+        """Answer every name as unknown until REBUILD_RETRY_S from now; says so once."""
+        self._drop_connection()
+        self._broken = reason
+        self._retry_at = time.monotonic() + REBUILD_RETRY_S
+        log.error(
+            "tag index %s is unusable (%s); tags read as general until a rebuild works "
+            "(next try in %.0f s)",
+            self.index_path,
+            reason,
+            REBUILD_RETRY_S,
+        )
 
 
 _LOOKUPS: dict[tuple[tuple[TagSource, ...], Path | None], TagLookup] = {}

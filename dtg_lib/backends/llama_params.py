@@ -13,6 +13,16 @@ benchmarks/RESULTS.md), so safety wins by default.
 `Llama(...)` builds its model params from `llama_model_default_params()` and
 ignores unknown keywords, so the only way in is to wrap that function while the
 model loads; a lock keeps two loads from racing on the swap.
+
+Memory mapping (`use_mmap`, a plain `Llama(...)` keyword) is off by default too.
+With it on, the weights stay pages of the file: a file truncated while the
+model is in use (a re-download, a full disk, a user replacing it) makes the
+next page read a SIGBUS that kills the whole process, with no log line and
+every request in flight lost. Read into memory, the loaded weights do not
+depend on the file at all. Measured on the full-size model (see
+benchmarks/bench_mmap.py and benchmarks/RESULTS.md): the cost is a slightly
+longer load and a peak RSS that counts the weights as private memory rather
+than as shared page cache.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ from typing import Any
 # Set to 1 to let llama.cpp use the AMX/repack buffers again (faster on some CPUs,
 # crash-prone on others).
 EXTRA_BUFFERS_ENV = "DTG_LLAMA_EXTRA_BUFFERS"
+# Set to 1 to memory-map GGUF weights again (shared page cache between processes,
+# but a truncated file kills the process).
+MMAP_ENV = "DTG_LLAMA_MMAP"
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _SWAP_LOCK = threading.Lock()
 
@@ -35,6 +48,13 @@ def extra_buffers_wanted(explicit: bool | None = None) -> bool:
     if explicit is not None:
         return explicit
     return os.environ.get(EXTRA_BUFFERS_ENV, "").strip().lower() in _TRUE_WORDS
+
+
+def mmap_wanted(explicit: bool | None = None) -> bool:
+    """The caller's choice, else the environment's; off unless asked for (see above)."""
+    if explicit is not None:
+        return explicit
+    return os.environ.get(MMAP_ENV, "").strip().lower() in _TRUE_WORDS
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import threading
@@ -17,6 +18,7 @@ from .base import (
     Generation,
     ModelLoadError,
     Stopwatch,
+    file_stamp,
     new_token_budget,
     normalize_device,
 )
@@ -146,6 +148,37 @@ def new_text(tokenizer: Any, tokens: list[int]) -> str:
     return text
 
 
+def own_weights(torch: Any, model: Any) -> int:
+    """Copy each weight that is still a view of a memory-mapped file into memory of its own.
+
+    Newer transformers (4.43 on) hand safetensors' memory map straight to the
+    model when the dtype and device match (fp32 on the CPU), so the weights stay
+    pages of the file: a file truncated while the model is in use (a re-download,
+    a full disk) makes the next read a SIGBUS that kills the process. Returns
+    how many tensors were copied; a copy of the weights that transformers already
+    made is left alone. Cost: see benchmarks/bench_mmap.py.
+    """
+    copied = 0
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if _file_backed(tensor):
+                tensor.data = tensor.data.clone()
+                copied += 1
+    return copied
+
+
+def _file_backed(tensor: Any) -> bool:
+    """Whether the tensor's memory is borrowed (safetensors' map of the file) rather than torch's.
+
+    safetensors wraps the mapped bytes without telling torch the file (its
+    `filename` is None), but memory torch did not allocate is never resizable.
+    """
+    if tensor.device.type != "cpu":
+        return False  # moved to an accelerator: already a copy
+    resizable = getattr(tensor.untyped_storage(), "resizable", None)
+    return not resizable() if callable(resizable) else True  # cannot tell: copy
+
+
 def _decode(tokenizer: Any, tokens: list[int]) -> str:
     return tokenizer.decode(tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -176,6 +209,8 @@ class TorchBackend:
         wanted = decode or os.environ.get(DECODE_ENV, "")
         self._decode = resolve_decode_mode(wanted, self.device, torch.__version__)
         self._lock = threading.Lock()
+        # Taken before loading, so that a change during the load is noticed too.
+        self._stamp = file_stamp(self.model_path)
         self._tokenizer, self._model = self._load()
         self._steps = StepFactory(torch, self._model, self._decode)
         self.context = int(
@@ -208,7 +243,28 @@ class TorchBackend:
             )
         except _load_errors() as exc:
             raise ModelLoadError(f"transformers could not load {self.model_path}: {exc}") from exc
-        return tokenizer, model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        own_weights(self._torch, model)
+        return tokenizer, model
+
+    def _current_model(self) -> tuple[Any, Any]:
+        """The open tokenizer and model, reloaded first when a file of the folder changed.
+
+        Called with the lock held, before each generation. A folder that no longer
+        loads raises ModelLoadError and leaves the backend closed.
+        """
+        loaded = self._require_open()
+        if file_stamp(self.model_path) == self._stamp:
+            return loaded
+        log.warning("model folder %s changed since it was loaded; reloading it", self.model_path)
+        self._model = self._tokenizer = None
+        self._steps.clear()
+        self._steps = None
+        check_hf_folder(self.model_path)
+        self._stamp = file_stamp(self.model_path)
+        self._tokenizer, self._model = self._load()
+        self._steps = StepFactory(self._torch, self._model, self._decode)
+        return self._tokenizer, self._model
 
     def _require_open(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -238,7 +294,7 @@ class TorchBackend:
         if not prompts:
             return []
         with self._lock:
-            tokenizer, _ = self._require_open()
+            tokenizer, _ = self._current_model()
             encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
             budgets = [
                 new_token_budget(len(ids), self.context, sampling.max_new_tokens) for ids in encoded
