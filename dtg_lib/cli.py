@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import importlib.util
 import json
 import logging
 import os
 import random
+import signal
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .limits import MAX_PROMPT_CHARS, MAX_SIZE, REQUEST_TIMEOUT_S
+from .limits import MAX_PROMPT_CHARS, MAX_SIZE
 from .settings import TARGETS, SettingsError, UpsampleSettings
 
 log = logging.getLogger("dtg")
+
+# How long `serve` waits, after Ctrl-C, for the app to stop before passing the interrupt on.
+CHILD_INTERRUPT_GRACE_S = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,90 +106,62 @@ def settings_from_args(args: argparse.Namespace) -> UpsampleSettings:
     return UpsampleSettings.from_dict(data)
 
 
-def build_serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m dtg_lib serve",
-        description="Serve the DTG page at / and the HTTP API at /dtg/v1/ on one port.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=_port, default=7870, help="1 to 65535 (default 7870)")
-    parser.add_argument("--model", default=None, help="default model: registry name or path")
-    parser.add_argument(
-        "--model-dir", type=Path, default=None, help="the only folder API requests may name"
-    )
-    parser.add_argument("--offline", action="store_true", help="never download")
-    parser.add_argument(
-        "--request-timeout",
-        type=_seconds,
-        default=REQUEST_TIMEOUT_S,
-        help=f"seconds an API request may run before it is stopped (default {REQUEST_TIMEOUT_S:g})",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true")
-    return parser
-
-
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"a time limit is a positive number, got {text}")
-    return seconds
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
-    return port
-
-
-def _bind_problem(host: str, port: int) -> str | None:
-    """Why the server could not listen there, found before it says where it listens."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:
-        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-    return None
-
-
 def serve(argv: Sequence[str]) -> int:
-    args = build_serve_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
-    )
+    """`python -m dtg_lib serve ...`: `python -m dtg_app ...` in a child process, its exit code.
+
+    A child process, not an import: the engine never imports the app (which imports
+    gradio), and the app owns its arguments and their checks.
+    """
+    if importlib.util.find_spec("dtg_app") is None:  # finds it without importing it
+        print("error: the app is not installed: pip install 'dtg-upsampler[app]'", file=sys.stderr)
+        return 1
+    return run_child([sys.executable, "-m", "dtg_app", *argv])
+
+
+def run_child(command: Sequence[str]) -> int:
+    """Run `command` until it ends and return its exit code; Ctrl-C reaches it and is
+    waited out, and a SIGTERM sent to this process is passed on, so the server shuts down
+    as it would when run directly and is never left running alone."""
     try:
-        # importlib, not an import statement: dtg_lib itself never imports gradio.
-        server = importlib.import_module("dtg_app.server")
-    except ImportError as exc:
-        print(
-            f"error: the app needs gradio and fastapi: pip install 'dtg-upsampler[app]' ({exc})",
-            file=sys.stderr,
-        )
+        process = subprocess.Popen(list(command))
+    except OSError as exc:
+        print(f"error: cannot start {command[0]}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    problem = _bind_problem(args.host, args.port)
-    if problem:
-        print(f"error: {problem} (choose another with --port or --host)", file=sys.stderr)
-        return 1
-    server.serve(
-        args.host,
-        args.port,
-        model=args.model,
-        model_dir=args.model_dir,
-        allow_download=not args.offline,
-        request_timeout_s=args.request_timeout,
-    )
-    return 0
+    with _terminate_passed_on(process):
+        while True:
+            try:
+                code = process.wait()
+            except KeyboardInterrupt:
+                _pass_on_interrupt(process)
+                continue
+            # A child ended by a signal (-2) exits as a shell would report it (130).
+            return 128 - code if code < 0 else code
+
+
+@contextlib.contextmanager
+def _terminate_passed_on(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """While in the block, SIGTERM to this process (a service manager stopping it) goes
+    to `process` instead, and this process waits for it to end."""
+    if os.name != "posix" or threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set there
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _pass_on_interrupt(process: subprocess.Popen[bytes]) -> None:
+    """A terminal's Ctrl-C reaches the child by itself; one sent to this process alone
+    (or a second Ctrl-C) is passed on."""
+    try:
+        process.wait(timeout=CHILD_INTERRUPT_GRACE_S)
+        return
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT if os.name == "posix" else signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,8 @@ TARGETS: dict[str, int] = {"very_short": 8, "short": 16, "long": 32, "very_long"
 BACKENDS = ("auto", "llama.cpp", "torch")
 TIMINGS = ("after", "before")
 DEFAULT_MODEL = "delta-rev2"
+# The devices a UI offers; "cuda:N" (one GPU of several) and "gpu" (CUDA) are accepted too.
+DEVICES = ("cpu", "cuda", "mps")
 
 
 class SettingsError(ValueError):
@@ -122,15 +124,20 @@ class UpsampleSettings:
         return cls.from_dict(data)
 
 
-def _check_device(device: Any) -> None:
-    from .backends.base import normalize_device
+def normalize_device(device: Any) -> str:
+    """'cpu', 'cuda', 'cuda:N' or 'mps'; 'gpu' means CUDA. The one place a device is checked."""
+    text = str(device).strip().lower()
+    if text == "gpu":
+        return "cuda"
+    if text in DEVICES or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise SettingsError(f"unknown device {device!r}: use cpu, cuda, cuda:N, gpu or mps")
 
+
+def _check_device(device: Any) -> None:
     if not isinstance(device, str):
         raise SettingsError(f"device must be text such as 'cpu' or 'cuda', got {device!r}")
-    try:
-        normalize_device(device)
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from exc
+    normalize_device(device)
 
 
 def _check_text_setting(name: str, value: str) -> None:

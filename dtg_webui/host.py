@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtg_lib.settings import BACKENDS, DEFAULT_MODEL
+from dtg_lib.settings import BACKENDS, DEFAULT_MODEL, DEVICES
 
 log = logging.getLogger("dtg")
 
@@ -22,7 +22,6 @@ SECTION = ("dtg", "DanTagGen")
 # no categories, and the section stands alone as before.
 CATEGORY = "sd"
 MODELS_SUBDIR = "dtg"
-DEVICES = ("cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)

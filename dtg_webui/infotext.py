@@ -36,6 +36,11 @@ PROMPT_FIELDS = (
 SEED_FIELD = "dtg_seed"
 # Every DTG value a paste can restore, one infotext key per positional argument.
 PASTE_KEYS: dict[str, str] = {name: f"DTG {name}" for name in ARG_NAMES}
+# The Preview box when empty. Here rather than in preview_ui, which imports this module
+# (through rewrite): a paste empties the box, and the two must not import each other.
+EMPTY_HTML = (
+    '<div class="dtg-preview-empty">Preview: expands the prompt box with these settings.</div>'
+)
 
 
 def params_text(settings: UpsampleSettings, dtg_seed: int) -> str:
@@ -186,8 +191,6 @@ def paste_fields(components: Sequence[Any], preview_box: Any) -> list[tuple[Any,
 
 def cleared_preview(params: dict[str, Any]) -> str | None:
     """The preview box after a paste: empty again, since the paste replaced the prompt."""
-    from .preview_ui import EMPTY_HTML
-
     return EMPTY_HTML if PROMPT_KEY in params else None
 
 

@@ -18,6 +18,7 @@ from dtg_lib.settings import SettingsError
 
 from . import engine, host
 from .args import ScriptArgs
+from .infotext import EMPTY_HTML as EMPTY_HTML
 from .rewrite import derive_seed, fix_seed
 
 log = logging.getLogger("dtg")
@@ -31,9 +32,6 @@ HOST_INPUTS: tuple[tuple[str, Any], ...] = (
     ("width", 1024),
     ("height", 1024),
     ("styles", ()),
-)
-EMPTY_HTML = (
-    '<div class="dtg-preview-empty">Preview: expands the prompt box with these settings.</div>'
 )
 
 

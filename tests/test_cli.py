@@ -1,9 +1,16 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from dtg_lib import cli
 from dtg_lib.categories import Category
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -75,51 +82,6 @@ def test_list_models(capsys):
     assert "delta-rev2" in data["registry"] and data["local"] == []
 
 
-@pytest.fixture
-def fake_server(monkeypatch):
-    """`dtg_app.server` replaced by one that records the call instead of serving."""
-    import sys
-    import types
-
-    calls = []
-    module = types.SimpleNamespace(serve=lambda *args, **kwargs: calls.append((args, kwargs)))
-    monkeypatch.setitem(sys.modules, "dtg_app.server", module)
-    return calls
-
-
-@pytest.mark.parametrize("port", ["99999", "0", "http"])
-def test_serve_refuses_a_port_that_is_none(fake_server, capsys, port):
-    with pytest.raises(SystemExit) as exited:
-        cli.main(["serve", "--port", port])
-    assert exited.value.code == 2
-    assert "--port" in capsys.readouterr().err
-    assert fake_server == []
-
-
-def test_serve_says_when_the_port_is_taken_before_saying_where_it_listens(fake_server, capsys):
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        assert cli.main(["serve", "--port", str(port)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
-    assert fake_server == []
-
-
-def test_serve_hands_a_free_port_to_the_server(fake_server):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert cli.main(["serve", "--port", str(port), "--offline"]) == 0
-    ((args, kwargs),) = fake_server
-    assert args == ("127.0.0.1", port) and kwargs["allow_download"] is False
-
-
 def test_seed_minus_one_draws_a_seed_and_prints_it(capsys, monkeypatch):
     import types
 
@@ -140,20 +102,78 @@ def test_seed_minus_one_draws_a_seed_and_prints_it(capsys, monkeypatch):
     assert seen[-1] == 7 and capsys.readouterr().err == ""
 
 
-def test_serve_passes_its_request_time_limit_to_the_server(fake_server):
-    import socket
+def test_serve_runs_the_app_in_a_child_process_and_never_imports_it():
+    # A bad port is refused by the app's own parser: the exit code and message are the child's.
+    script = (
+        "import sys; from dtg_lib import cli\n"
+        "code = cli.main(['serve', '--port', '99999'])\n"
+        "print(code, 'dtg_app' in sys.modules, 'gradio' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.stdout.split() == ["2", "False", "False"]
+    assert "--port" in done.stderr and "python -m dtg_app" in done.stderr
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert cli.main(["serve", "--port", str(port), "--request-timeout", "90"]) == 0
-    ((_, kwargs),) = fake_server
-    assert kwargs["request_timeout_s"] == 90.0
+
+def test_serve_without_the_app_says_so_in_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dtg_app", None)  # as if it were not installed
+    assert cli.main(["serve", "--port", "7870"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the app is not installed")
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan", "soon"])
-def test_serve_refuses_a_time_limit_that_is_none(fake_server, capsys, value):
-    with pytest.raises(SystemExit):
-        cli.main(["serve", "--request-timeout", value])
-    assert "--request-timeout" in capsys.readouterr().err
-    assert fake_server == []
+def test_run_child_returns_the_child_exit_code():
+    assert cli.run_child([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends SIGINT to one process")
+def test_ctrl_c_sent_to_serve_alone_reaches_the_app():
+    # The parent gets SIGINT and the child does not (as with `kill -INT`): the parent
+    # passes it on after its grace time, and exits with the child's own exit code.
+    child = (
+        "import sys, time\n"
+        "print('ready', flush=True)\n"
+        "try:\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    sys.exit(7)\n"
+    )
+    parent = (
+        "import sys; from dtg_lib import cli\n"
+        "cli.CHILD_INTERRUPT_GRACE_S = 0.2\n"
+        f"sys.exit(cli.run_child([sys.executable, '-c', {child!r}]))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 7
+    finally:
+        process.kill()
+        process.stdout.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends SIGTERM to one process")
+def test_sigterm_sent_to_serve_alone_stops_the_app_too():
+    # A service manager stopping `python -m dtg_lib serve` must not leave the app running.
+    child = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(5))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = (
+        "import sys; from dtg_lib import cli\n"
+        f"sys.exit(cli.run_child([sys.executable, '-c', {child!r}]))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.terminate()
+        assert process.wait(timeout=30) == 5
+    finally:
+        process.kill()
+        process.stdout.close()

@@ -15,13 +15,13 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..settings import normalize_device
 from .base import (
     Backend,
     BackendUnavailable,
     Generation,
     ModelLoadError,
     PromptTooLong,
-    normalize_device,
 )
 
 __all__ = [

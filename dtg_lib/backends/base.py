@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+# normalize_device lives with the settings (the lowest layer); named here for the backends.
 from ..settings import SamplingSettings
+from ..settings import normalize_device as normalize_device
 
 # llama.cpp treats seed 0xFFFFFFFF as "pick a random seed", so seeds are folded
 # into the range below it; torch uses the same folding so both see equal seeds.
 _SEED_RANGE = 0xFFFFFFFF
-
-CPU_DEVICES = ("cpu",)
-GPU_DEVICES = ("cuda", "gpu", "mps")
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,6 @@ def file_stamp(path: Path) -> FileStamp:
 def fold_seed(seed: int) -> int:
     """Map any integer seed (negative, huge) onto the range both libraries accept."""
     return int(seed) % _SEED_RANGE
-
-
-def normalize_device(device: str) -> str:
-    """'cpu', 'cuda', 'cuda:N' or 'mps'; 'gpu' means CUDA."""
-    text = str(device).strip().lower()
-    if text == "gpu":
-        return "cuda"
-    if text in ("cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N, gpu or mps")
 
 
 def new_token_budget(prompt_tokens: int, context: int, wanted: int) -> int:
