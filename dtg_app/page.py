@@ -124,17 +124,18 @@ def run_form(
 
 def _fetch_model(name: str, config: PageConfig, progress: Callable[..., Any]) -> None:
     """Download a registry model with a progress bar; the engine would do it silently."""
-    if not models.is_registry_name(name) or not config.allow_download:
+    if not config.allow_download:
         return
     try:
-        if models.safe_model_path(name, config.model_dir).exists():
+        spec = models.spec_for(name, config.model_dir)  # a checked name brings its spec
+        if spec.entry is None or models.registry_path(spec, config.model_dir).exists():
             return
         progress(0.0, desc=f"Downloading {name}")
 
         def report(filename: str, done: int, total: int) -> None:
             progress((done, total or None), desc=f"Downloading {filename}", unit="bytes")
 
-        models.resolve_model(name, config.model_dir, progress=report)
+        models.resolve_model(spec, config.model_dir, progress=report)
     except models.ModelError as exc:
         # The engine tries again and may switch format; its message is the one to show.
         log.info("pre-download of %s failed: %s", name, exc)

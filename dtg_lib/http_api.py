@@ -384,20 +384,21 @@ def _settings(given: Any, model_dir: Path, defaults: Mapping[str, Any]) -> Upsam
         raise RequestError(f"invalid setting: {exc}") from exc
 
 
-def checked_model_name(name: Any, model_dir: Path) -> str:
-    """A model name from the network, made safe: a registry name, or a path in `model_dir`.
+def checked_model_name(name: Any, model_dir: Path) -> models.CheckedModelName:
+    """A model name from the network, checked once by `models.checked_model_spec`.
 
-    Registry names stay names so the engine may still switch format (GGUF <-> HF)
-    when a backend is missing; anything else becomes the path `safe_model_path`
-    proved to lie inside the model folder.
+    The result is the text the settings carry (a registry name as given, else the path
+    proved to lie inside the model folder) with its spec, which `select_model` loads
+    without parsing the name again.
     """
     if not isinstance(name, str):
         raise RequestError(f"settings.model must be text, got {type(name).__name__}")
     try:
-        path = models.safe_model_path(name, model_dir)
+        spec = models.checked_model_spec(name, model_dir)
     except models.ModelError as exc:
         raise RequestError(f"invalid model: {exc}") from exc
-    return name.strip() if models.is_registry_name(name) else str(path)
+    text = name.strip() if spec.local_path is None else str(spec.local_path)
+    return models.CheckedModelName(text, spec)
 
 
 # ---------------------------------------------------------------- running

@@ -38,42 +38,38 @@ def _available(backend: str) -> bool:
 
 
 def select_model(
-    name: str,
+    model: models.ModelSpec | str,
     backend: str = "auto",
     *,
     model_dir: Path | None = None,
     allow_download: bool = True,
 ) -> ModelChoice:
-    spec = models.parse_model_name(name, model_dir)
+    """The backend and the validated file for `model`.
+
+    `model` is a spec, a checked name carrying its spec (from an HTTP request), or a
+    trusted name, which is parsed here; either way it is parsed at most once.
+    """
+    spec = models.spec_for(model, model_dir)
+    given = model if isinstance(model, str) else spec.display_name
     wanted = _BACKEND_FOR_KIND[spec.kind] if backend == "auto" else backend
     notice = ""
     if _BACKEND_FOR_KIND[spec.kind] != wanted or not _available(wanted):
-        switched, wanted, notice = _switch_format(name, spec, wanted)
-        spec = models.parse_model_name(switched, model_dir)
-    resolved = models.resolve_model(spec_name(spec), model_dir, allow_download=allow_download)
+        spec, wanted, notice = _switch_format(given, spec, wanted)
+    resolved = models.resolve_model(spec, model_dir, allow_download=allow_download)
     if notice:
         log.warning(notice)
     return ModelChoice(
         backend=wanted,
         path=resolved.path,
-        display_name=models.shown_model_name(spec, name, model_dir),
+        display_name=models.shown_model_name(spec, given, model_dir),
         takes_quality_line=spec.takes_quality_line,
         notice=notice,
     )
 
 
-def spec_name(spec: models.ModelSpec) -> str:
-    """A name that resolves to exactly this spec again."""
-    if spec.local_path is not None:
-        return str(spec.local_path)
-    assert spec.entry is not None
-    if spec.kind == models.HF_KIND:
-        return f"{spec.entry.name}:hf"
-    quant = next(q for q, f in models.GGUF_FILES.items() if f == spec.filename)
-    return f"{spec.entry.name}:{quant}"
-
-
-def _switch_format(name: str, spec: models.ModelSpec, wanted: str) -> tuple[str, str, str]:
+def _switch_format(
+    given: str, spec: models.ModelSpec, wanted: str
+) -> tuple[models.ModelSpec, str, str]:
     """The same registry model in the format a usable backend reads."""
     other = "torch" if wanted == "llama.cpp" else "llama.cpp"
     if not _available(wanted):
@@ -88,11 +84,11 @@ def _switch_format(name: str, spec: models.ModelSpec, wanted: str) -> tuple[str,
         notice = ""
     if spec.entry is None:
         raise BackendUnavailable(
-            f"{name} is a {spec.kind} model; the {wanted} backend cannot read it. "
+            f"{given} is a {spec.kind} model; the {wanted} backend cannot read it. "
             "Choose backend auto, or a model in the other format."
         )
-    suffix = "hf" if wanted == "torch" else models.DEFAULT_QUANT
-    return f"{spec.entry.name}:{suffix}", wanted, notice
+    variant = "hf" if wanted == "torch" else models.DEFAULT_QUANT
+    return models.variant_spec(spec.entry, variant), wanted, notice
 
 
 def _missing_message(wanted: str, other: str) -> str:

@@ -149,15 +149,10 @@ class Upsampler:
         backends: Any = None,
         embeddings: Collection[str] = (),
         allow_download: bool = True,
-        untrusted_names: bool = False,
     ) -> None:
-        """`untrusted_names`: model names come from a request (HTTP API, shared UI) and
-        may only be registry names or models inside `model_dir`; see `safe_model_name`.
-        """
         self.model_dir = model_dir
         self.embeddings = frozenset(embeddings)
         self.allow_download = allow_download
-        self.untrusted_names = untrusted_names
         self._lookup = lookup
         self._backends = backends
         self._lock = threading.Lock()
@@ -254,11 +249,9 @@ class Upsampler:
     def _choose_model(self, settings: UpsampleSettings) -> ModelChoice:
         from .model_selection import select_model
 
-        name = settings.model
-        if self.untrusted_names:
-            name = safe_model_name(name, self.model_dir)
+        # A name checked where it came in (models.checked_model_spec) carries its spec.
         return select_model(
-            name,
+            settings.model,
             settings.backend,
             model_dir=self.model_dir,
             allow_download=self.allow_download,
@@ -606,20 +599,6 @@ def _input_without(
         target=settings.target,
         quality_line=prepared.quality_line,
     )
-
-
-def safe_model_name(name: str, model_dir: Path | None) -> str:
-    """A model name from an untrusted source, as a name `select_model` may load.
-
-    Registry names pass unchanged (they can only download the KBlueLeaf DTG
-    repos); anything else must be a file or folder inside the model folder and
-    comes back as its resolved absolute path. Raises ModelError otherwise.
-    """
-    from .models import default_model_dir, is_registry_name, safe_model_path
-
-    root = Path(model_dir) if model_dir is not None else default_model_dir()
-    path = safe_model_path(name, root)
-    return name.strip() if is_registry_name(name) else str(path)
 
 
 _default: Upsampler | None = None

@@ -23,6 +23,7 @@ from dtg_lib.backends import (
 )
 from dtg_lib.backends.base import Backend, fold_seed, normalize_device
 from dtg_lib.backends.torch_sampling import filter_scores
+from dtg_lib.models import ModelError
 from dtg_lib.settings import SamplingSettings
 from dtg_lib.tiny_model import GENERAL_TAGS
 
@@ -490,17 +491,17 @@ def test_llama_cpp_rejects_folders_and_missing_files(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_torch_rejects_wrong_inputs(tiny_model, tmp_path):
     _require("torch")
-    with pytest.raises(ModelLoadError, match="GGUF file"):
+    with pytest.raises(ModelError, match="GGUF file"):
         load_backend("torch", tiny_model.gguf_f16)
-    with pytest.raises(ModelLoadError, match="not found"):
+    with pytest.raises(ModelError, match="not found"):
         load_backend("torch", tmp_path / "missing")
-    with pytest.raises(ModelLoadError, match=r"config\.json"):
+    with pytest.raises(ModelError, match=r"config\.json"):
         load_backend("torch", tmp_path)
 
     pickle_only = tmp_path / "pickle-only"
     shutil.copytree(tiny_model.hf_dir, pickle_only)
     (pickle_only / "model.safetensors").rename(pickle_only / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match="safetensors"):
+    with pytest.raises(ModelError, match="safetensors"):
         load_backend("torch", pickle_only)
 
     corrupt = tmp_path / "corrupt"

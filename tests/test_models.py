@@ -34,6 +34,7 @@ from dtg_lib.models import (
     resolve_model,
     safe_model_path,
     validate_model_file,
+    validation,
 )
 
 REPO = "KBlueLeaf/DanTagGen-delta-rev2"
@@ -317,7 +318,7 @@ def test_gguf_written_by_the_gguf_package_passes(tmp_path: Path) -> None:
 
 def test_block_table_matches_the_gguf_package() -> None:
     gguf = pytest.importorskip("gguf")
-    for type_id, sizes in models._GGML_BLOCKS.items():
+    for type_id, sizes in validation._GGML_BLOCKS.items():
         assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)] == sizes
 
 
@@ -381,7 +382,7 @@ def test_recorded_download_size_catches_later_truncation(model_dir: Path) -> Non
     path = model_dir / "ok.gguf"
     data = gguf_bytes() + b"\0" * 100  # trailing bytes the header doesn't account for
     path.write_bytes(data)
-    models._record_size(model_dir, path.name, len(data))
+    validation.record_size(model_dir, path.name, len(data))
     validate_model_file(path, "gguf")
     path.write_bytes(data[:-50])
     with pytest.raises(ModelCorrupt, match="was downloaded with"):
@@ -670,7 +671,7 @@ def test_download_lands_in_the_repo_layout(fake_hub: FakeHub, model_dir: Path) -
     assert resolved.path.read_bytes() == data
     assert not resolved.path.is_symlink()  # a real file, not a link into the HF cache
     assert reports and reports[-1] == (Q8, len(data), len(data))
-    assert models._read_sizes(resolved.path.parent) == {Q8: len(data)}
+    assert validation.read_sizes(resolved.path.parent) == {Q8: len(data)}
     assert not list(resolved.path.parent.glob("*.incomplete"))
 
     fake_hub.requests.clear()  # present on disk: no network at all
@@ -703,7 +704,7 @@ def test_wrong_bytes_are_corrupt_and_removed(fake_hub: FakeHub, model_dir: Path)
     assert "deleted" in str(info.value)
     folder = model_dir / "DanTagGen-delta-rev2"
     assert not (folder / Q8).exists()
-    assert Q8 not in models._read_sizes(folder)
+    assert Q8 not in validation.read_sizes(folder)
 
 
 def test_missing_file_on_the_hub(fake_hub: FakeHub, model_dir: Path) -> None:

@@ -370,27 +370,20 @@ def test_unload_waits_for_leases():
 # --------------------------------------------------------------------- security
 
 
-@pytest.mark.slow
 def test_untrusted_names_stay_inside_the_model_folder(tmp_path, tiny_model):
+    """The one rule for names from outside (HTTP, the webui API): models.checked_model_spec."""
+    from dtg_lib.models import checked_model_spec, parse_model_name
+
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(tiny_model.gguf_f16, models / "tiny.gguf")
     outside = tmp_path / "outside.gguf"
     shutil.copy(tiny_model.gguf_f16, outside)
-    engine = Upsampler(
-        lookup=FakeLookup(),
-        backends=BackendCache(),
-        model_dir=models,
-        allow_download=False,
-        untrusted_names=True,
-    )
-    for name in (str(outside), "../outside.gguf", "/etc/passwd", "tiny.gguf\x00"):
+    for name in (str(outside), "../outside.gguf", "/etc/passwd", "tiny.gguf\x00", "", 7):
         with pytest.raises(ModelError):
-            engine.upsample("1girl", UpsampleSettings(model=name), seed=1)
-    assert upsampler_module.safe_model_name("tiny.gguf", models) == str(
-        (models / "tiny.gguf").resolve()
-    )
-    assert upsampler_module.safe_model_name("delta-rev2:Q6_K", models) == "delta-rev2:Q6_K"
+            checked_model_spec(name, models)
+    assert checked_model_spec("tiny.gguf", models).local_path == (models / "tiny.gguf").resolve()
+    assert checked_model_spec("delta-rev2:Q6_K", models) == parse_model_name("delta-rev2:Q6_K")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..models.validation import check_hf_folder
 from ..settings import SamplingSettings
 from .base import (
     BackendUnavailable,
@@ -70,24 +71,6 @@ def import_torch_stack() -> tuple[Any, Any]:
                 f"pip install --force-reinstall {package}"
             ) from exc
     return modules["torch"], modules["transformers"]
-
-
-def check_hf_folder(path: Path) -> None:
-    """A folder with config.json and safetensors weights; anything else is refused early."""
-    if not path.exists():
-        raise ModelLoadError(f"model folder not found: {path}")
-    if path.is_file():
-        hint = " (a GGUF file: use the llama.cpp backend)" if path.suffix == ".gguf" else ""
-        raise ModelLoadError(
-            f"{path} is a file{hint}; the torch backend needs a Hugging Face model folder"
-        )
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} has no config.json; it is not a Hugging Face model folder")
-    if not any(path.glob("*.safetensors")):
-        raise ModelLoadError(
-            f"{path} has no .safetensors weights; the torch backend loads only safetensors "
-            "because pickle (.bin) weights can run code when loaded"
-        )
 
 
 def resolve_dtype(torch: Any, device: str, dtype: str | None) -> Any:

@@ -1,0 +1,105 @@
+"""The models already in the model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .locations import default_model_dir
+from .names import (
+    GGUF_FILES,
+    GGUF_KIND,
+    HF_KIND,
+    REGISTRY,
+    LocalModel,
+    ModelEntry,
+    variant_name,
+)
+
+
+def list_local_models(model_dir: Path | None = None) -> list[LocalModel]:
+    """GGUF files and transformers folders in `model_dir` and one level below.
+
+    Only what lies inside the folder once symlinks are followed is listed: a link
+    out of it (to a system file, say) could not be used through `safe_model_path`,
+    and its name and size are nobody's business.
+    """
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    if not root.is_dir():
+        return []
+    try:
+        real_root = root.resolve()
+    except (OSError, RuntimeError):
+        return []
+    found: list[LocalModel] = []
+    for folder in [root, *_visible_subdirs(root, real_root)]:
+        found.extend(_gguf_model(root, path) for path in _visible_files(folder, real_root, ".gguf"))
+        for candidate in _visible_subdirs(folder, real_root):
+            if _looks_like_hf_folder(candidate):
+                found.append(_hf_model(root, candidate, real_root))
+    return sorted(found, key=lambda model: model.name.lower())
+
+
+def _resolves_inside(path: Path, real_root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop before Python 3.13
+        return False
+
+
+def _visible_subdirs(folder: Path, real_root: Path) -> list[Path]:
+    try:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()]
+    except OSError:
+        return []
+    return sorted(p for p in entries if _resolves_inside(p, real_root))
+
+
+def _visible_files(folder: Path, real_root: Path, suffix: str | None = None) -> list[Path]:
+    """Files in `folder` (ending in `suffix`, when given) that lie inside `real_root`."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    return sorted(
+        p
+        for p in entries
+        if not p.name.startswith(".")
+        and (suffix is None or p.suffix.lower() == suffix)
+        and p.is_file()
+        and _resolves_inside(p, real_root)
+    )
+
+
+def _looks_like_hf_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _registry_folder_entry(root: Path, folder: Path) -> ModelEntry | None:
+    if folder.parent != root or not folder.name.lower().startswith("dantaggen-"):
+        return None
+    return REGISTRY.get(folder.name.lower().removeprefix("dantaggen-"))
+
+
+def _gguf_model(root: Path, path: Path) -> LocalModel:
+    entry = _registry_folder_entry(root, path.parent)
+    if entry is not None and path.name in GGUF_FILES.values():
+        name = variant_name(entry, GGUF_KIND, path.name)
+    else:
+        name = path.relative_to(root).as_posix()
+    return LocalModel(name, GGUF_KIND, path, _file_size(path))
+
+
+def _hf_model(root: Path, folder: Path, real_root: Path) -> LocalModel:
+    entry = _registry_folder_entry(root, folder)
+    name = f"{entry.name}:hf" if entry is not None else folder.relative_to(root).as_posix()
+    size = sum(
+        _file_size(p) for p in _visible_files(folder, real_root) if p.suffix.lower() != ".gguf"
+    )
+    return LocalModel(name, HF_KIND, folder, size)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
