@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from .categories import Category, raw_key
 from .dtg_format import ClassifiedPrompt
+from .errors import CALLER_MISTAKE, DtgError
 from .prompt_syntax import ItemKind, PromptItem, escape_tag
 
 APPEND = "append"
@@ -52,8 +53,10 @@ _PART_WEIGHT_END = re.compile(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
 _STRUCTURE = (ItemKind.BREAK, ItemKind.AND, ItemKind.PART_WEIGHT)
 
 
-class FormatError(ValueError):
-    pass
+class FormatError(DtgError, ValueError):
+    """The output format is neither a preset nor a template with a placeholder."""
+
+    http_status = CALLER_MISTAKE
 
 
 def resolve_format(name_or_template: str) -> str:
@@ -115,9 +118,9 @@ def _append(items: Sequence[PromptItem], added: list[str]) -> str:
     tail = "".join(i.text for i in items[stop:])
     joined = _sealed(", ".join(added), tail)
     if not head.strip():
-        if opened:
-            return f"{head}{joined}, {tail.lstrip(' ,')}"
-        return f"{head}{joined}{_spaced(tail)}"
+        # The new tags lead. What separates them from the user's text is written on their
+        # side, so that the user's text after them stays exactly as written.
+        return f"{head}{joined}{_lead_in(tail, opened)}{tail}"
     return f"{head}, {joined}{tail}"
 
 
@@ -161,8 +164,22 @@ def _unclosed(text: str) -> list[int]:
     return sorted(p for positions in open_at.values() for p in positions)
 
 
-def _spaced(tail: str) -> str:
-    return f" {tail.lstrip()}" if tail.strip() else tail
+_LEADING_SEPARATORS = re.compile(r"[\s,]*")
+
+
+def _lead_in(tail: str, item_follows: bool) -> str:
+    """What goes between new tags written first and the user's `tail`.
+
+    Nothing where the user's own comma follows; a comma where one of the user's items
+    follows (a bracket left open); else a space where AND or a part weight follows
+    straight after, so that the tags do not run into it.
+    """
+    lead = _LEADING_SEPARATORS.match(tail).group()  # type: ignore[union-attr]
+    if not tail or "," in lead:
+        return ""
+    if item_follows:
+        return "," if lead else ", "
+    return "" if lead else " "
 
 
 def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) -> str:

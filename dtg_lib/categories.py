@@ -93,7 +93,8 @@ def canonical(name: str) -> str:
     `name` is written as in a webui prompt, so `\\(` is `(`; see `raw_key` for a name as
     Danbooru (and the model) writes it.
     """
-    text = _SPACES.sub(" ", _ESCAPE.sub(r"\1", name)).strip().lower()
+    unescaped = _ESCAPE.sub(r"\1", name) if "\\" in name else name  # most names: no escapes
+    text = _SPACES.sub(" ", unescaped).strip().lower()
     if len(text) <= _SHORT_NAME:
         return text
     return text.replace("_", " ").strip()

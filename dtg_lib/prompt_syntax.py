@@ -79,13 +79,20 @@ def render(items: tuple[PromptItem, ...] | list[PromptItem]) -> str:
 
 
 # --- spans found before segmentation -------------------------------------
+#
+# Every pass here is linear in the prompt: prompts come from users and from the
+# HTTP API (up to 50,000 characters), so no pass rescans the text from each
+# bracket, and no regular expression can backtrack over a long run of text.
 
-_EXTRA_NETWORK = re.compile(r"<\w+:[^>]+>")
+_EXTRA_NETWORK_HEAD = re.compile(r"<\w+:")
 _AND = re.compile(r"\bAND\b")
 _BREAK = re.compile(r"\bBREAK\b")
-_PART_WEIGHT = re.compile(r"\s*:\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
-_NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*")
+# A number after a colon: the weight ending an AND part (`:0.7`) or the last field of
+# prompt editing (`[a:b:0.4]`). Written so that no digit can be matched two ways.
+_NUMBER = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)\s*")
 _ESCAPED = re.compile(r"\\(.)", re.S)
+# What the editing pass looks at: an escape, a bracket, or an editing mark.
+_EDITING_TOKEN = re.compile(r"\\.|[()\[\]:|]", re.S)
 
 
 @dataclass(frozen=True)
@@ -97,85 +104,88 @@ class _Span:
 
 
 def _extra_network_spans(text: str) -> list[_Span]:
-    return [
-        _Span(m.start(), m.end(), ItemKind.EXTRA_NETWORK, tuple(range(m.start(), m.end())))
-        for m in _EXTRA_NETWORK.finditer(text)
-    ]
-
-
-def _is_escaped(text: str, pos: int) -> bool:
-    backslashes = 0
-    while pos - backslashes - 1 >= 0 and text[pos - backslashes - 1] == "\\":
-        backslashes += 1
-    return backslashes % 2 == 1
-
-
-def _bracket_depths(
-    text: str, start: int, stop: int, blocked: set[int]
-) -> Iterator[tuple[int, str, int]]:
-    """(position, character, depth after it) for unescaped, unblocked characters."""
-    depth = 0
-    pos = start
-    while pos < stop:
-        char = text[pos]
-        if pos in blocked:
-            pos += 1
+    """Every `<name:...>`, left to right, as the webui's `<\\w+:[^>]+>` finds them."""
+    spans = []
+    pos = 0
+    next_close = -1  # the first `>` at or after the last place looked at
+    while True:
+        opener = text.find("<", pos)
+        if opener < 0:
+            return spans
+        head = _EXTRA_NETWORK_HEAD.match(text, opener)
+        if head is None:
+            pos = opener + 1
             continue
-        if char == "\\":
-            pos += 2
+        if next_close < head.end():
+            next_close = text.find(">", head.end())
+            if next_close < 0:  # no `>` left: nothing further can match
+                return spans
+        if next_close == head.end():  # `<lora:>`: the name part may not be empty
+            pos = opener + 1
+            continue
+        end = next_close + 1
+        spans.append(_Span(opener, end, ItemKind.EXTRA_NETWORK, tuple(range(opener, end))))
+        pos = end
+
+
+def _part_weight_span(part: str) -> tuple[int, int] | None:
+    """(start, colon) of the `:w` ending an AND part, its start taking the spaces before it."""
+    colon = part.rfind(":")  # the value holds no colon, so only the last one can start it
+    if colon < 0 or not _NUMBER.fullmatch(part, colon + 1):
+        return None
+    start = colon
+    while start > 0 and part[start - 1].isspace():
+        start -= 1
+    return start, colon
+
+
+def _closed_squares(text: str, blocked: Collection[int]) -> dict[int, tuple[int, list[int]]]:
+    """Each `[` closed by a `]`: its closing position and the `:`/`|` directly inside it.
+
+    One pass with a stack. As the webui reads brackets for prompt editing, `(` and `[`
+    nest together and a closer closes whatever opened last, so `[a)` closes no square.
+    Escaped characters and blocked positions (extra networks, the part weight) are skipped.
+    """
+    closed: dict[int, tuple[int, list[int]]] = {}
+    openers: list[int] = []
+    marks: dict[int, list[int]] = {}  # opener -> its marks, for a `[` holding any
+    for match in _EDITING_TOKEN.finditer(text):
+        pos = match.start()
+        char = match.group()
+        if pos in blocked or char[0] == "\\":
             continue
         if char in "([":
-            depth += 1
+            openers.append(pos)
         elif char in ")]":
-            depth -= 1
-        yield pos, char, depth
-        pos += 1
+            if openers:
+                start = openers.pop()
+                inside = marks.pop(start, [])
+                if char == "]" and text[start] == "[":
+                    closed[start] = (pos, inside)
+        elif openers and text[openers[-1]] == "[":
+            marks.setdefault(openers[-1], []).append(pos)
+    return closed
 
 
-def _matching_square(text: str, start: int, stop: int, blocked: set[int]) -> int | None:
-    """Index of the `]` closing the `[` at start, honouring nesting and escapes."""
-    for pos, char, depth in _bracket_depths(text, start, stop, blocked):
-        if depth == 0:
-            return pos if char == "]" else None
-        if depth < 0:
-            return None
-    return None
-
-
-def _top_level_marks(text: str, start: int, end: int, blocked: set[int]) -> list[int]:
-    """Positions of `:` and `|` directly inside the brackets text[start:end+1]."""
-    return [
-        pos
-        for pos, char, depth in _bracket_depths(text, start + 1, end, blocked)
-        if depth == 0 and char in ":|"
-    ]
-
-
-def _editing_span(text: str, start: int, end: int, blocked: set[int]) -> _Span | None:
-    marks = _top_level_marks(text, start, end, blocked)
+def _editing_span(text: str, start: int, end: int, marks: list[int]) -> _Span | None:
     bars = [m for m in marks if text[m] == "|"]
     colons = [m for m in marks if text[m] == ":"]
     if bars and not colons:
         return _Span(start, end + 1, ItemKind.ALTERNATION, (start, *bars, end))
     if bars or len(colons) not in (1, 2):
         return None
-    number = text[colons[-1] + 1 : end]
-    if not _NUMBER.fullmatch(number):
+    if not _NUMBER.fullmatch(text, colons[-1] + 1, end):
         return None
     neutral = (start, *colons, *range(colons[-1] + 1, end), end)
     return _Span(start, end + 1, ItemKind.EDITING, neutral)
 
 
-def _editing_spans(text: str, blocked: set[int]) -> list[_Span]:
+def _editing_spans(text: str, blocked: Collection[int]) -> list[_Span]:
     spans = []
-    for pos, char in enumerate(text):
-        if char != "[" or pos in blocked or _is_escaped(text, pos):
-            continue
-        end = _matching_square(text, pos, len(text), blocked)
-        if end is not None:
-            span = _editing_span(text, pos, end, blocked)
-            if span is not None:
-                spans.append(span)
+    for start, (end, marks) in sorted(_closed_squares(text, blocked).items()):
+        span = _editing_span(text, start, end, marks)
+        if span is not None:
+            spans.append(span)
     return spans
 
 
@@ -184,6 +194,37 @@ def _editing_spans(text: str, blocked: set[int]) -> list[_Span]:
 _ATTENTION_TOKEN = re.compile(
     r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:",
 )
+# Multiplications the exact weighting may spend; see _run_weights.
+EXACT_WEIGHTING_BUDGET = 2_000_000
+
+
+@dataclass
+class _Reach:
+    """Text characters in runs that no bracket splits, and the brackets' reaches over them.
+
+    Every character of a run gets the same factors in the same order, so a run's
+    weight stands for all of its characters.
+    """
+
+    runs: list[list[int]]
+    scalings: list[tuple[int, int, float]]  # (first run, end run, factor), in the webui's order
+    run_is_open: bool = False
+
+    def add_text(self, positions: list[int]) -> None:
+        if not positions:
+            return
+        if not self.run_is_open:
+            self.runs.append([])
+            self.run_is_open = True
+        self.runs[-1].extend(positions)
+
+    def bracket(self) -> int:
+        """Close the current run at a bracket; the index of the next run."""
+        self.run_is_open = False
+        return len(self.runs)
+
+    def scale(self, first_run: int, factor: float) -> None:
+        self.scalings.append((first_run, self.bracket(), factor))
 
 
 def attention_weights(text: str, neutral: Collection[int] = ()) -> list[float | None]:
@@ -194,44 +235,74 @@ def attention_weights(text: str, neutral: Collection[int] = ()) -> list[float | 
     """
     kept = [i for i in range(len(text)) if i not in neutral]
     visible = "".join(text[i] for i in kept)
-    weights: list[float | None] = [None] * len(text)
-    owners: list[int] = []  # original position of each text character seen
+    reach = _Reach([], [])
     rounds: list[int] = []
     squares: list[int] = []
-
-    def scale(start: int, factor: float) -> None:
-        for pos in owners[start:]:
-            weights[pos] *= factor  # type: ignore[operator]
-
     for match in _ATTENTION_TOKEN.finditer(visible):
         token, explicit = match.group(0), match.group(1)
         if token.startswith("\\"):
-            _add_text(weights, owners, kept, match.start() + 1, match.end())
+            reach.add_text(kept[match.start() + 1 : match.end()])
         elif token == "(":
-            rounds.append(len(owners))
+            rounds.append(reach.bracket())
         elif token == "[":
-            squares.append(len(owners))
+            squares.append(reach.bracket())
         elif explicit is not None and rounds and _is_float(explicit):
-            scale(rounds.pop(), float(explicit))
+            reach.scale(rounds.pop(), float(explicit))
         elif token == ")" and rounds:
-            scale(rounds.pop(), ROUND_FACTOR)
+            reach.scale(rounds.pop(), ROUND_FACTOR)
         elif token == "]" and squares:
-            scale(squares.pop(), SQUARE_FACTOR)
+            reach.scale(squares.pop(), SQUARE_FACTOR)
         else:
-            _add_text(weights, owners, kept, match.start(), match.end())
+            reach.add_text(kept[match.start() : match.end()])
     for start in rounds:
-        scale(start, ROUND_FACTOR)
+        reach.scale(start, ROUND_FACTOR)
     for start in squares:
-        scale(start, SQUARE_FACTOR)
+        reach.scale(start, SQUARE_FACTOR)
+    weights: list[float | None] = [None] * len(text)
+    for run, weight in zip(reach.runs, _run_weights(len(reach.runs), reach.scalings)):
+        for pos in run:
+            weights[pos] = weight
     return weights
 
 
-def _add_text(
-    weights: list[float | None], owners: list[int], kept: list[int], start: int, end: int
-) -> None:
-    for index in range(start, end):
-        weights[kept[index]] = 1.0
-        owners.append(kept[index])
+def _run_weights(count: int, scalings: list[tuple[int, int, float]]) -> list[float]:
+    """The weight of each run: 1.0 times each factor that reaches it, in order.
+
+    Done factor by factor, exactly as the webui multiplies, while that costs at most
+    EXACT_WEIGHTING_BUDGET multiplications; that is thousands of brackets deep over
+    thousands of runs, far beyond any real prompt. Past it (a prompt of nothing but
+    nested brackets), the factors of a run are multiplied in another order, in
+    O(n log n): the same weights to within float rounding.
+    """
+    if sum(end - first for first, end, _ in scalings) > EXACT_WEIGHTING_BUDGET:
+        return _run_weights_grouped(count, scalings)
+    weights = [1.0] * count
+    for first, end, factor in scalings:
+        weights[first:end] = [weight * factor for weight in weights[first:end]]
+    return weights
+
+
+def _run_weights_grouped(count: int, scalings: list[tuple[int, int, float]]) -> list[float]:
+    """Each factor is put on the O(log n) nodes of a segment tree covering its runs;
+    a run's weight is the product of the nodes above it."""
+    size = 1
+    while size < count:
+        size *= 2
+    node_factor = [1.0] * (2 * size)
+    for first, end, factor in scalings:
+        low, high = first + size, end + size
+        while low < high:
+            if low & 1:
+                node_factor[low] *= factor
+                low += 1
+            if high & 1:
+                high -= 1
+                node_factor[high] *= factor
+            low //= 2
+            high //= 2
+    for node in range(2, 2 * size):
+        node_factor[node] *= node_factor[node // 2]
+    return node_factor[size : size + count]
 
 
 def _is_float(text: str) -> bool:
@@ -250,9 +321,11 @@ _TAG_SHAPE = re.compile(
     re.S,
 )
 # Danbooru's disambiguated names, written unescaped as on the site: `asuna (sao)`.
-# To the webui the parentheses weight "sao"; to the user it is one tag.
+# To the webui the parentheses weight "sao"; to the user it is one tag. The base name
+# ends on a non-space so that no run of spaces before `(` can be split between it and
+# `\s*` in many ways (quadratic backtracking); a base of spaces alone is never a tag.
 _QUALIFIED = re.compile(
-    r"(?P<open>\(?)(?P<base>[^\\()\[\],:]+?)\s*\((?P<qual>[^\\()\[\],]+)\)"
+    r"(?P<open>\(?)(?P<base>[^\\()\[\],:]*?[^\\()\[\],:\s])\s*\((?P<qual>[^\\()\[\],]+)\)"
     r"(?P<weight>:\s*[+-]?[.\d]+\s*)?(?P<close>\)?)"
 )
 _WILDCARD = re.compile(r"__[^_\s,](?:[^\s,]*?)__|\{[^{}]*\}")
@@ -281,18 +354,13 @@ def _and_parts(text: str) -> Iterator[tuple[int, int, int | None]]:
 def _parse_part(text: str, start: int, end: int, embeddings: Collection[str]) -> list[PromptItem]:
     part = text[start:end]
     spans = _extra_network_spans(part)
-    weight_match = _PART_WEIGHT.search(part)
+    weight_at = _part_weight_span(part)
     blocked = {p for s in spans for p in s.neutral}
-    if weight_match and not any(s.start <= weight_match.start() < s.end for s in spans):
+    if weight_at and not any(s.start <= weight_at[0] < s.end for s in spans):
         # From its colon: the space before it may belong to a separator (", :0.7"),
         # which would otherwise run past the start of the span and hide it.
-        colon = part.index(":", weight_match.start())
-        weight_span = _Span(
-            colon,
-            weight_match.end(),
-            ItemKind.PART_WEIGHT,
-            tuple(range(colon, weight_match.end())),
-        )
+        colon = weight_at[1]
+        weight_span = _Span(colon, len(part), ItemKind.PART_WEIGHT, tuple(range(colon, len(part))))
         spans.append(weight_span)
         blocked |= set(weight_span.neutral)
     editing = _editing_spans(part, blocked)
@@ -398,10 +466,10 @@ def _classify(
 def _whole_editing(body: str) -> ItemKind | None:
     if not body.startswith("["):
         return None
-    end = _matching_square(body, 0, len(body), set())
-    if end != len(body) - 1:
+    closed = _closed_squares(body, ()).get(0)
+    if closed is None or closed[0] != len(body) - 1:
         return None
-    span = _editing_span(body, 0, end, set())
+    span = _editing_span(body, 0, *closed)
     return span.kind if span else None
 
 
@@ -411,7 +479,7 @@ def _tag_in(piece: str, at: int, offset: int, weights: list[float | None]) -> Ta
     if match is None:
         return None
     raw = match.group("name")
-    name = _ESCAPED.sub(r"\1", raw).strip()
+    name = (_ESCAPED.sub(r"\1", raw) if "\\" in raw else raw).strip()
     if not name or (match.group("weight") and not match.group("close").startswith(")")):
         return None
     if not _is_syntax(match, at, offset, weights):
@@ -489,4 +557,6 @@ _NEEDS_ESCAPE = re.compile(r"([\\()\[\]])")
 
 def escape_tag(name: str) -> str:
     """Escape a tag for the webui: `ganyu (genshin impact)` -> `ganyu \\(genshin impact\\)`."""
+    if not _NEEDS_ESCAPE.search(name):
+        return name  # most tags: no substitution to set up
     return _NEEDS_ESCAPE.sub(r"\\\1", name)
