@@ -9,10 +9,8 @@ from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from dtg_lib.prompt_syntax import escape_tag
-from tests.fuzz.cases import check, prompts
+from tests.fuzz.cases import LEADS, append_prompts, check, check_verbatim, prompts
 from tests.fuzz.run_fuzz import real_engine, scripted_engine
 
 QUICK = settings(
@@ -62,31 +60,6 @@ def test_edge_prompts(scripted, prompt):
 
 # --- `append` keeps the user's prompt byte for byte --------------------------------
 
-# What came before the insertion point in the prompts that lost their whitespace.
-LEADS = ("", " ", "  ", "\t", "\r\n", "\n", "\u2029", "\u3000", "\xa0", ", ", " ,\t", ",,")
-append_prompts = st.tuples(st.sampled_from(LEADS), prompts, st.sampled_from(LEADS)).map("".join)
-
-
-def inserted_text(prompt: str, final: str) -> str | None:
-    """X where final == prompt[:i] + X + prompt[i:] for some i, else None."""
-    if len(final) < len(prompt):
-        return None
-    prefix = 0
-    while prefix < len(prompt) and final[prefix] == prompt[prefix]:
-        prefix += 1
-    rest = len(prompt) - prefix  # what must close `final`, as written
-    if final[len(final) - rest :] != prompt[prefix:]:
-        return None
-    return final[prefix : len(final) - rest]
-
-
-def check_verbatim(prompt: str, result) -> None:
-    """The prompt is unchanged around one insertion, and that insertion is new tags."""
-    added = inserted_text(prompt, result.final_prompt)
-    assert added is not None, f"{prompt!r} is not verbatim in {result.final_prompt!r}"
-    pieces = {piece.strip() for piece in added.split(",")} - {""}
-    assert pieces <= {escape_tag(tag) for tag in result.new_tags}, (prompt, added)
-
 
 @pytest.fixture(scope="module")
 def appending(scripted):
@@ -99,7 +72,7 @@ def appending(scripted):
 def test_append_keeps_any_prompt_byte_for_byte(appending, prompt):
     engine, chosen = appending
     result = engine.upsample(prompt, chosen, seed=1)
-    check_verbatim(prompt, result)
+    check_verbatim(prompt, result.final_prompt, result.new_tags)
     check(prompt, result.final_prompt)
 
 
@@ -110,4 +83,4 @@ def test_append_through_the_engine_keeps_what_leads_the_prompt(appending, lead, 
     prompt = f"{lead}{rest}"
     result = engine.upsample(prompt, chosen, seed=1)
     assert result.new_tags  # something was inserted
-    check_verbatim(prompt, result)
+    check_verbatim(prompt, result.final_prompt, result.new_tags)

@@ -6,9 +6,11 @@ and the long run (python -m tests.fuzz.run_fuzz).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hypothesis import strategies as st
 
-from dtg_lib.prompt_syntax import ItemKind, parse
+from dtg_lib.prompt_syntax import ItemKind, escape_tag, parse
 
 # Pieces of webui prompt syntax, so that random prompts hit the parser's corners
 # (unbalanced brackets, weights, escapes, BREAK/AND, networks, wildcards) far more
@@ -96,3 +98,31 @@ def check(prompt: str, final: str) -> None:
     for mark in SPECIAL_MARKS:
         # Only what the user wrote may carry a special-token marker.
         assert final.count(mark) <= prompt.count(mark), f"{mark!r} added to {final!r}"
+
+
+# --- `append` keeps the user's prompt byte for byte --------------------------------
+
+# What came before the insertion point in the prompts that lost their whitespace.
+LEADS = ("", " ", "  ", "\t", "\r\n", "\n", "\u2029", "\u3000", "\xa0", ", ", " ,\t", ",,")
+append_prompts = st.tuples(st.sampled_from(LEADS), prompts, st.sampled_from(LEADS)).map("".join)
+
+
+def inserted_text(prompt: str, final: str) -> str | None:
+    """X where final == prompt[:i] + X + prompt[i:] for some i, else None."""
+    if len(final) < len(prompt):
+        return None
+    prefix = 0
+    while prefix < len(prompt) and final[prefix] == prompt[prefix]:
+        prefix += 1
+    rest = len(prompt) - prefix  # what must close `final`, as written
+    if final[len(final) - rest :] != prompt[prefix:]:
+        return None
+    return final[prefix : len(final) - rest]
+
+
+def check_verbatim(prompt: str, final: str, new_tags: Sequence[str]) -> None:
+    """The prompt is unchanged around one insertion, and that insertion is new tags."""
+    added = inserted_text(prompt, final)
+    assert added is not None, f"{prompt!r} is not verbatim in {final!r}"
+    pieces = {piece.strip() for piece in added.split(",")} - {""}
+    assert pieces <= {escape_tag(tag) for tag in new_tags}, (prompt, added)

@@ -3,9 +3,11 @@
     python -m tests.fuzz.run_fuzz --examples 100000          # scripted backend (fast)
     python -m tests.fuzz.run_fuzz --examples 300 --real      # the tiny model, llama.cpp f16
 
-Every case must finish without an exception, keep every item the user wrote,
-and add no special tokens. Hypothesis stops at the first failure and prints
-the smallest prompt that still fails; the exit status is then 1.
+Every case runs twice, in the default format and in `append`. Each must finish
+without an exception, keep every item the user wrote and add no special tokens;
+`append` must also keep the prompt byte for byte around one insertion of new tags.
+Hypothesis stops at the first failure and prints the smallest prompt that still
+fails; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -28,14 +31,14 @@ from dtg_lib.backends import BackendCache  # noqa: E402
 from dtg_lib.model_selection import ModelChoice  # noqa: E402
 from dtg_lib.settings import UpsampleSettings  # noqa: E402
 from dtg_lib.upsampler import Upsampler  # noqa: E402
-from tests.fuzz.cases import check, prompts  # noqa: E402
+from tests.fuzz.cases import append_prompts, check, check_verbatim, prompts  # noqa: E402
 
 
 def scripted_engine() -> tuple[Upsampler, UpsampleSettings]:
     backend = ScriptedBackend()
     engine = Upsampler(lookup=FakeLookup(), backends=BackendCache(lambda *a, **k: backend))
     choice = ModelChoice("llama.cpp", Path("scripted.gguf"), "scripted", True)
-    engine._choose_model = lambda _settings: choice  # no model files involved
+    engine._choose_model = lambda _settings, progress=None: choice  # no model files
     return engine, UpsampleSettings(target="short")
 
 
@@ -52,6 +55,7 @@ def real_engine() -> tuple[Upsampler, UpsampleSettings]:
 
 def run(examples: int, real: bool, seed: int) -> tuple[int, float]:
     engine, chosen = real_engine() if real else scripted_engine()
+    appending = replace(chosen, format="append")
     count = 0
 
     @settings(
@@ -61,12 +65,15 @@ def run(examples: int, real: bool, seed: int) -> tuple[int, float]:
         derandomize=False,
         suppress_health_check=list(HealthCheck),
     )
-    @given(prompts)
-    def case(prompt: str) -> None:
+    @given(prompts, append_prompts)
+    def case(prompt: str, appended: str) -> None:
         nonlocal count
         count += 1
         result = engine.upsample(prompt, chosen, seed=count)
         check(prompt, result.final_prompt)
+        result = engine.upsample(appended, appending, seed=count)
+        check(appended, result.final_prompt)
+        check_verbatim(appended, result.final_prompt, result.new_tags)
 
     started = time.perf_counter()
     case._hypothesis_internal_use_seed = seed  # reproducible runs
