@@ -27,7 +27,7 @@ import pytest
 from test_tag_lookup import CSV_ROWS, write_csv, write_kgen_dir
 from test_upsample_loop import ScriptedBackend
 
-from dtg_lib import tag_lookup
+from dtg_lib import tag_index, tag_lookup
 from dtg_lib.backends import BackendCache
 from dtg_lib.categories import Category
 from dtg_lib.model_selection import ModelChoice
@@ -263,7 +263,7 @@ def _engine(lookup: TagLookup, monkeypatch: pytest.MonkeyPatch) -> Upsampler:
         lookup=lookup, backends=BackendCache(loader=lambda *args, **options: backend)
     )
     choice = ModelChoice("llama.cpp", Path("scripted.gguf"), "scripted", True)
-    monkeypatch.setattr(engine, "_choose_model", lambda settings: choice)
+    monkeypatch.setattr(engine, "_choose_model", lambda settings, progress=None: choice)
     return engine
 
 
@@ -318,12 +318,12 @@ def test_index_that_cannot_be_rebuilt_is_a_notice_and_one_log_line(
 _KILLED_BUILD = r"""
 import os, signal, sys
 from pathlib import Path
-from dtg_lib import tag_lookup
+from dtg_lib import tag_index, tag_lookup
 
 def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-tag_lookup._fill = killed
+tag_index._fill = killed
 source = tag_lookup.TagSource(Path(sys.argv[1]), "tagcomplete")
 tag_lookup.TagLookup.open([source])
 """
@@ -371,8 +371,8 @@ def test_indexes_of_other_source_sets_are_not_kept_forever(
         # Distinct "last used" times without sleeping.
         _age(lookup.index_path, (7 - number) * 60)
     kept = sorted(_isolated_cache.glob("tag-index-*.sqlite"))
-    assert len(kept) == tag_lookup.KEEP_INDEXES
-    assert set(kept) == set(opened[-tag_lookup.KEEP_INDEXES :])
+    assert len(kept) == tag_index.KEEP_INDEXES
+    assert set(kept) == set(opened[-tag_index.KEEP_INDEXES :])
 
 
 def test_an_index_in_use_counts_as_recent_and_a_month_unused_goes(
