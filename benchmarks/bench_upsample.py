@@ -67,6 +67,14 @@ class Recorder:
     def model_path(self) -> Path:
         return self.inner.model_path
 
+    @property
+    def context(self) -> int:
+        return self.inner.context
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        return self.inner.notices
+
     def generate(self, prompt: str, sampling: Any, seed: int) -> Any:
         out = self.inner.generate(prompt, sampling, seed)
         self.calls.append((prompt, out))
@@ -258,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = Path(args.model)
     if args.model == "tiny":
-        from dtg_lib.tiny_model import tiny_model_cached
+        from dtg_dev.tiny_model import tiny_model_cached
 
         model = tiny_model_cached(REPO / ".cache" / "tiny-model").gguf_f16
     print(f"{os.cpu_count()} cores; model {model.name}; {len(PROMPTS)} jobs, one expansion each")

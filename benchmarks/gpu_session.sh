@@ -5,7 +5,7 @@
 # no network, so the tiny test model travels from here and the full-size model is
 # built there. From the repository root of a session with a GPU:
 #
-#   python -m dtg_lib.tiny_model .cache/tiny-model   # only if .cache/tiny-model is missing
+#   python -m dtg_dev.tiny_model .cache/tiny-model   # only if .cache/tiny-model is missing
 #   device run, carry [".cache/tiny-model"], command "bash benchmarks/gpu_session.sh"
 #
 # It prints the GPU, runs the CUDA-only decode tests, then bench_backends_gpu.py

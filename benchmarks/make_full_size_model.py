@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dtg_lib import tiny_model as tm  # noqa: E402  (needs the path above)
+from dtg_dev import tiny_model as tm  # noqa: E402  (needs the path above)
 
 log = logging.getLogger("dtg")
 

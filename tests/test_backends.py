@@ -25,7 +25,7 @@ from dtg_lib.backends.base import Backend, fold_seed, normalize_device
 from dtg_lib.backends.torch_sampling import filter_scores
 from dtg_lib.models import ModelError
 from dtg_lib.settings import SamplingSettings
-from dtg_lib.tiny_model import GENERAL_TAGS
+from dtg_dev.tiny_model import GENERAL_TAGS
 
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.95, top_k=100, max_new_tokens=128)
 KINDS = [
@@ -427,7 +427,7 @@ def _installed(name: str) -> bool:
 
 def test_importing_backends_is_light():
     code = (
-        "import sys, dtg_lib.backends, dtg_lib.tiny_model;"
+        "import sys, dtg_lib.backends, dtg_dev.tiny_model;"
         "heavy = {'torch', 'transformers', 'llama_cpp', 'numpy', 'gguf'} & set(sys.modules);"
         "assert not heavy, heavy"
     )

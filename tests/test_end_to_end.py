@@ -71,7 +71,7 @@ def test_continuation_rounds_happen_for_long_targets(upsampler, model_path):
 def test_a_round_that_continues_its_last_fed_tag_keeps_the_space(upsampler, model_path):
     """A later round's input ends with a fed tag ("..., closed"); when the model goes on
     with " mouth", the tag is "closed mouth", never "closedmouth"."""
-    from dtg_lib.tiny_model import GENERAL_TAGS
+    from dtg_dev.tiny_model import GENERAL_TAGS
 
     glued = {tag.replace(" ", "") for tag in GENERAL_TAGS if " " in tag}
     found = set()

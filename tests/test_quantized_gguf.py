@@ -42,7 +42,7 @@ CHILD = textwrap.dedent(
 @pytest.fixture(scope="module")
 def quantized(tiny_model, tmp_path_factory):
     pytest.importorskip("llama_cpp")
-    from dtg_lib.tiny_model import quantize_gguf
+    from dtg_dev.tiny_model import quantize_gguf
 
     out = tmp_path_factory.mktemp("quantized")
     return {

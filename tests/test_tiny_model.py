@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from dtg_examples import PROMPT
 
-from dtg_lib import tiny_model as tm
+from dtg_dev import tiny_model as tm
 
 pytestmark = pytest.mark.slow
 

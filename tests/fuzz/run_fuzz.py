@@ -43,7 +43,7 @@ def scripted_engine() -> tuple[Upsampler, UpsampleSettings]:
 
 
 def real_engine() -> tuple[Upsampler, UpsampleSettings]:
-    from dtg_lib.tiny_model import tiny_model_cached
+    from dtg_dev.tiny_model import tiny_model_cached
 
     tiny = tiny_model_cached(TESTS.parent / ".cache" / "tiny-model")
     engine = Upsampler(lookup=FakeLookup(), backends=BackendCache(), allow_download=False)

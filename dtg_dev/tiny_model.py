@@ -7,7 +7,7 @@ comma-separated tags and EOS. This module trains such a model from synthetic
 text in about a minute on two CPU cores and writes it as a Hugging Face folder
 and as f16/f32 GGUF files.
 
-    python -m dtg_lib.tiny_model OUT_DIR [--seed N]
+    python -m dtg_dev.tiny_model OUT_DIR [--seed N]
 """
 
 from __future__ import annotations
@@ -815,7 +815,7 @@ def missing_build_modules() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dtg_lib.tiny_model",
+        prog="python -m dtg_dev.tiny_model",
         description="Build a tiny DTG-format model (HF folder + f16/f32 GGUF).",
     )
     parser.add_argument("out_dir", type=Path)
