@@ -114,31 +114,22 @@ def run_form(
         request = http_api.parse_request(body, config.model_dir, defaults)
     except http_api.RequestError as exc:
         return _error(str(exc))
-    _fetch_model(request.settings.model, config, progress)
-    progress(0.9, desc="Expanding")
-    status, payload = http_api.run_request(get_upsampler, request)
+    status, payload = http_api.run_request(
+        get_upsampler, request, progress=gradio_progress(progress)
+    )
     if status != 200:
         return _error(payload["detail"])
     return _success(payload["results"])
 
 
-def _fetch_model(name: str, config: PageConfig, progress: Callable[..., Any]) -> None:
-    """Download a registry model with a progress bar; the engine would do it silently."""
-    if not config.allow_download:
-        return
-    try:
-        spec = models.spec_for(name, config.model_dir)  # a checked name brings its spec
-        if spec.entry is None or models.registry_path(spec, config.model_dir).exists():
-            return
-        progress(0.0, desc=f"Downloading {name}")
+def gradio_progress(progress: Callable[..., Any]) -> models.ProgressFn:
+    """The engine's progress (download, load, rounds) as calls of a `gr.Progress`."""
 
-        def report(filename: str, done: int, total: int) -> None:
-            progress((done, total or None), desc=f"Downloading {filename}", unit="bytes")
+    def show(event: models.ProgressEvent) -> None:
+        # (done, None) is a step count without a known end; gradio shows it so.
+        progress((event.done, event.total), desc=event.message, unit=event.unit or "steps")
 
-        models.resolve_model(spec, config.model_dir, progress=report)
-    except models.ModelError as exc:
-        # The engine tries again and may switch format; its message is the one to show.
-        log.info("pre-download of %s failed: %s", name, exc)
+    return show
 
 
 def _success(results: list[dict[str, Any]]) -> tuple[str, str, str]:

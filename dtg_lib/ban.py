@@ -23,6 +23,7 @@ from typing import Any
 import regex
 
 from .categories import canonical, raw_key
+from .errors import CALLER_MISTAKE, DtgError
 
 log = logging.getLogger("dtg")
 
@@ -31,8 +32,10 @@ MAX_PATTERN_LENGTH = 500
 MATCH_TIMEOUT_S = 0.05
 
 
-class BanListError(ValueError):
-    pass
+class BanListError(DtgError, ValueError):
+    """A ban pattern is invalid or too costly to match; the message names it."""
+
+    http_status = CALLER_MISTAKE
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .limits import MAX_PROMPT_CHARS, MAX_SIZE
 from .settings import TARGETS, SettingsError, UpsampleSettings
+
+if TYPE_CHECKING:
+    from .models import ProgressEvent, ProgressFn
 
 log = logging.getLogger("dtg")
 
@@ -199,7 +202,10 @@ def _expand(args: argparse.Namespace, logged: _LoggedMessages) -> int:
             prepared = _prepared(upsampler, args, settings)
             return _write_out(lambda: _show_dry_run(prepared, args.json))
         seed = _chosen_seed(args.seed)
-        result = upsampler.upsample(args.prompt, settings, seed, args.width, args.height)
+        with progress_display(sys.stderr) as progress:
+            result = upsampler.upsample(
+                args.prompt, settings, seed, args.width, args.height, progress=progress
+            )
     except SettingsError as exc:
         print(f"error: invalid setting: {exc}", file=sys.stderr)
         return 2
@@ -228,6 +234,79 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         # Bytes the terminal's encoding could not decode arrive as lone surrogates.
         return "the prompt is not valid text: it holds bytes that are not UTF-8"
     return None
+
+
+def shows_progress_bar(stream: TextIO) -> bool:
+    """A bar only on a terminal: in a log file or a pipe its redraws would be noise."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+@contextlib.contextmanager
+def progress_display(stream: TextIO) -> Iterator[ProgressFn]:
+    """The engine's progress callback: tqdm bars on `stream` when it is a terminal,
+    otherwise (or without tqdm) nothing at all, not even the hub's own download bar."""
+    tqdm_class = _tqdm_class() if shows_progress_bar(stream) else None
+    if tqdm_class is None:
+        yield _shows_nothing
+        return
+    bars = _ProgressBars(stream, tqdm_class)
+    try:
+        yield bars.show
+    finally:
+        bars.close()
+
+
+def _shows_nothing(event: ProgressEvent) -> None:
+    """Progress nobody watches."""
+
+
+def _tqdm_class() -> type | None:
+    try:
+        from tqdm import tqdm  # comes with huggingface_hub; optional
+    except ImportError:
+        return None
+    return tqdm
+
+
+class _ProgressBars:
+    """One bar at a time: a new one for each phase or file, the last one cleared at the end."""
+
+    def __init__(self, stream: TextIO, tqdm_class: type) -> None:
+        self._stream = stream
+        self._tqdm_class = tqdm_class
+        self._bar: Any = None
+        self._shape: tuple[str, int | None] = ("", None)
+
+    def show(self, event: ProgressEvent) -> None:
+        shape = (event.phase, event.total)
+        if self._bar is None or shape != self._shape or event.done < self._bar.n:
+            self.close()
+            self._bar, self._shape = self._new_bar(event), shape
+        self._bar.set_description_str(event.message, refresh=False)
+        self._bar.update(event.done - self._bar.n)
+
+    def _new_bar(self, event: ProgressEvent) -> Any:
+        options: dict[str, Any] = {"unit": f" {event.unit}" if event.unit else "it"}
+        if event.unit == "bytes":
+            options = {"unit": "B", "unit_scale": True, "unit_divisor": 1024}
+        if event.total is None:  # no end to show: the step and the time it has taken
+            options["bar_format"] = "{desc} ({elapsed})"
+        return self._tqdm_class(
+            total=event.total,
+            initial=event.done,
+            desc=event.message,
+            file=self._stream,
+            leave=False,
+            **options,
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _show_result(result: Any, as_json: bool, logged: set[str]) -> None:

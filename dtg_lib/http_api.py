@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import models
-from .backends import BackendUnavailable, ModelLoadError, PromptTooLong
+from .errors import CALLER_MISTAKE, FAILED, TOO_LARGE, DtgError
 from .limits import MAX_BODY_BYTES, MAX_ITEMS, MAX_PROMPT_CHARS, MAX_SIZE, REQUEST_TIMEOUT_S
 from .settings import SettingsError, UpsampleSettings
 from .upsampler import Cancelled
@@ -62,14 +62,16 @@ _CACHE_NAME = "<Hugging Face cache>"
 _CLIENT_GONE = 499
 
 
-class RequestError(ValueError):
-    """The request itself is wrong; answered with `status` (422) and this message."""
+class RequestError(DtgError, ValueError):
+    """The request itself is wrong; answered with `http_status` (422) and this message."""
 
-    status = 422
+    http_status = CALLER_MISTAKE
 
 
 class BodyTooLarge(RequestError):
-    status = 413
+    """The body is over the server's limit; refused before it is read."""
+
+    http_status = TOO_LARGE
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def create_router(
             parsed = parse_request(_decode(body), folder, base)
             return await _run_watched(request, get_upsampler, parsed, request_timeout_s)
         except RequestError as exc:
-            return _problem(exc.status, str(exc), folder)
+            return _problem(exc.http_status, str(exc), folder)
         except Exception:  # the one place nothing escapes as a plain-text 500
             log.exception("upsample request failed unexpectedly")
             return _problem(500, "internal error while upsampling; see the server log", folder)
@@ -403,10 +405,6 @@ def checked_model_name(name: Any, model_dir: Path) -> models.CheckedModelName:
 
 # ---------------------------------------------------------------- running
 
-# Failures of the engine's surroundings (a model not downloaded, a backend not
-# installed, a damaged file): the server cannot serve this now, the request is fine.
-_UNAVAILABLE = (BackendUnavailable, ModelLoadError, models.ModelError)
-
 
 async def _run_watched(
     request: Any,
@@ -473,13 +471,15 @@ def run_request(
     get_upsampler: Callable[[], Upsampler],
     request: UpsampleRequest,
     cancel: threading.Event | None = None,
+    progress: models.ProgressFn | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Run the engine; (HTTP status, JSON body). Never lets an exception or traceback out.
 
-    `cancel`, once set, stops the engine at its next check (see `Upsampler.upsample_many`).
+    `cancel`, once set, stops the engine at its next check (see `Upsampler.upsample_many`);
+    `progress` hears of the download, load and rounds (the page shows them).
     Messages name no server folder (see `public_text`).
     """
-    status, payload = _run_engine(get_upsampler, request, cancel)
+    status, payload = _run_engine(get_upsampler, request, cancel, progress)
     if status != 200:
         return status, {"detail": public_text(payload["detail"], request.model_dir)}
     for result in payload["results"]:
@@ -491,21 +491,19 @@ def _run_engine(
     get_upsampler: Callable[[], Upsampler],
     request: UpsampleRequest,
     cancel: threading.Event | None,
+    progress: models.ProgressFn | None = None,
 ) -> tuple[int, dict[str, Any]]:
     try:
         upsampler = get_upsampler()
         args = (request.prompts, request.settings, request.seeds, request.width, request.height)
-        if _takes_cancel(upsampler):
-            results = upsampler.upsample_many(*args, cancel=cancel)
-        else:  # an upsampler of the caller's own (create_router takes any)
-            results = upsampler.upsample_many(*args)
-    except Cancelled as exc:
-        return 503, {"detail": f"the request was stopped: {exc}"}
-    except _UNAVAILABLE as exc:
-        log.warning("upsample request failed: %s", exc)
-        return 503, {"detail": str(exc)}
-    except (PromptTooLong, SettingsError) as exc:
-        return 422, {"detail": str(exc)}
+        # An upsampler of the caller's own (create_router takes any) may take neither.
+        options = {"cancel": cancel, "progress": progress}
+        taken = {name: value for name, value in options.items() if _takes(upsampler, name)}
+        results = upsampler.upsample_many(*args, **taken)
+    except DtgError as exc:  # its class says what it means for the client
+        if exc.http_status != CALLER_MISTAKE:
+            log.warning("upsample request failed: %s", exc)
+        return exc.http_status, {"detail": _engine_error_detail(exc)}
     except (RuntimeError, OSError, ValueError) as exc:
         log.warning("upsample request failed: %s", exc)
         return 500, {"detail": f"upsampling failed: {exc}"}
@@ -515,12 +513,22 @@ def _run_engine(
     return 200, {"results": [result_to_json(r) for r in results]}
 
 
-def _takes_cancel(upsampler: Any) -> bool:
+def _engine_error_detail(exc: DtgError) -> str:
+    """The client's sentence: a failure while generating says so; other errors say it all."""
+    if isinstance(exc, Cancelled):
+        return f"the request was stopped: {exc}"
+    if exc.http_status == FAILED:
+        return f"upsampling failed: {exc}"
+    return str(exc)
+
+
+def _takes(upsampler: Any, option: str) -> bool:
+    """Whether the upsampler's upsample_many takes the keyword `option`."""
     try:
         parameters = inspect.signature(upsampler.upsample_many).parameters
     except (TypeError, ValueError):
         return False
-    return "cancel" in parameters or any(
+    return option in parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     )
 

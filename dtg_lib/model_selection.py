@@ -43,11 +43,13 @@ def select_model(
     *,
     model_dir: Path | None = None,
     allow_download: bool = True,
+    progress: models.ProgressFn | None = None,
 ) -> ModelChoice:
     """The backend and the validated file for `model`.
 
     `model` is a spec, a checked name carrying its spec (from an HTTP request), or a
     trusted name, which is parsed here; either way it is parsed at most once.
+    `progress` hears of a download, should the model need one.
     """
     spec = models.spec_for(model, model_dir)
     given = model if isinstance(model, str) else spec.display_name
@@ -55,7 +57,9 @@ def select_model(
     notice = ""
     if _BACKEND_FOR_KIND[spec.kind] != wanted or not _available(wanted):
         spec, wanted, notice = _switch_format(given, spec, wanted)
-    resolved = models.resolve_model(spec, model_dir, allow_download=allow_download)
+    resolved = models.resolve_model(
+        spec, model_dir, allow_download=allow_download, progress=progress
+    )
     if notice:
         log.warning(notice)
     return ModelChoice(

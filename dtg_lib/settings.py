@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .errors import CALLER_MISTAKE, DtgError
+
 TARGETS: dict[str, int] = {"very_short": 8, "short": 16, "long": 32, "very_long": 48}
 BACKENDS = ("auto", "llama.cpp", "torch")
 TIMINGS = ("after", "before")
@@ -22,8 +24,10 @@ DEFAULT_MODEL = "delta-rev2"
 DEVICES = ("cpu", "cuda", "mps")
 
 
-class SettingsError(ValueError):
+class SettingsError(DtgError, ValueError):
     """A setting is out of range or unknown; the message says which and why."""
+
+    http_status = CALLER_MISTAKE
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .dtg_format import (
     TagInfoLike,
     aspect_ratio,
 )
+from .errors import CALLER_MISTAKE, DtgError
 from .prompt_syntax import escape_tag
 
 TAG_SECTION = "tag"
@@ -94,8 +95,10 @@ class TipoSampling:
     max_new_tokens: int = 512
 
 
-class TipoFormatError(ValueError):
+class TipoFormatError(DtgError, ValueError):
     """A TIPO request or pass is malformed; the message says which value and why."""
+
+    http_status = CALLER_MISTAKE
 
 
 @dataclass(frozen=True)

@@ -13,51 +13,64 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .assemble import assemble
-from .backends.base import BackendUnavailable, ModelLoadError, PromptTooLong, fold_seed
+from .backends.base import (
+    Backend,
+    BatchBackend,
+    Generation,
+    ModelLoadError,
+    PromptTooLong,
+    fold_seed,
+)
 from .ban import compile_ban_list
 from .categories import Category, raw_key
 from .dtg_format import (
     INPUT_END,
     ClassifiedPrompt,
     ClassifiedTag,
+    LookupLike,
     build_model_input,
     classify_prompt,
     continuation_input,
     parse_model_output,
 )
-from .models import ModelError
+from .errors import FAILED, UNAVAILABLE, DtgError
+from .models import ModelError, ProgressEvent, ProgressFn
 from .prompt_syntax import parse
-from .settings import SettingsError, UpsampleSettings
+from .settings import SamplingSettings, UpsampleSettings
 
 if TYPE_CHECKING:
+    from .backends import BackendCache
     from .model_selection import ModelChoice
 
 log = logging.getLogger("dtg")
 
 # Rounds in a row that add nothing new before the model is taken to be done.
 STALE_ROUNDS = 3
-# The context both backends give DTG when a backend does not say.
-DEFAULT_CONTEXT = 2048
 # Room the model input must leave for generation; fewer new tokens than this
 # would hardly add a tag.
 MIN_NEW_TOKENS = 48
 
 
-class UpsampleError(RuntimeError):
+class UpsampleError(DtgError, RuntimeError):
     """One stage of an expansion failed unexpectedly; the message names stage and prompt."""
+
+    http_status = FAILED
 
 
 class Cancelled(UpsampleError):
     """The caller stopped the job (its client went away, or its time ran out).
 
-    Raised at the next check: before each expansion and before each round.
+    Raised at the next check: before each expansion and before each round. Over HTTP
+    the server could not finish in time (a client that left gets no answer at all).
     """
+
+    http_status = UNAVAILABLE
 
 
 class GenerationError(UpsampleError):
@@ -66,16 +79,16 @@ class GenerationError(UpsampleError):
     The backend was dropped from the cache, so the next request loads it afresh.
     """
 
+    http_status = FAILED
 
-# Errors that already say what went wrong in the user's terms; passed on as they are.
-_CLEAR_ERRORS = (
-    ModelError,
-    BackendUnavailable,
-    ModelLoadError,
-    PromptTooLong,
-    SettingsError,
-    Cancelled,
-)
+
+class TagLookupLike(LookupLike, Protocol):
+    """What the upsampler asks of a tag lookup (tag_lookup.TagLookup, or a test's own)."""
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        """Things to tell the user with every result, such as an index it could not read."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,58 @@ class Prepared:
     quality_line: bool = True
 
 
+class _JobProgress:
+    """Tells the caller's ProgressFn how one upsample_many call is going.
+
+    A failing callback is logged once and then left alone: showing progress must
+    never cost the user the expansion.
+    """
+
+    def __init__(self, progress: ProgressFn | None, prompts: int, max_rounds: int) -> None:
+        self._progress = progress
+        self._prompts = prompts
+        self._max_rounds = max_rounds
+
+    def tell(self, event: ProgressEvent) -> None:
+        if self._progress is None:
+            return
+        try:
+            self._progress(event)
+        except Exception as exc:
+            log.warning("progress display failed, shown no more: %s: %s", type(exc).__name__, exc)
+            self._progress = None
+
+    def loading(self, choice: ModelChoice, device: str) -> None:
+        self.tell(ProgressEvent("load", f"Loading {choice.display_name} on {device}"))
+
+    def loaded(self, choice: ModelChoice) -> None:
+        self.tell(ProgressEvent("load", f"Loaded {choice.display_name}", 1, 1))
+
+    def round_of(self, number: int, rounds: int) -> None:
+        """Prompt `number`, expanded on its own, has finished `rounds` rounds."""
+        where = f"prompt {number} of {self._prompts}, " if self._prompts > 1 else ""
+        done = (number - 1) * self._max_rounds + rounds
+        self._generating(done, f"Expanding: {where}round {rounds}")
+
+    def rounds_together(self, rounds_each: Sequence[int]) -> None:
+        """The prompts expanded together have finished `rounds_each` rounds each."""
+        message = f"Expanding {self._prompts} prompts together: round {max(rounds_each)}"
+        self._generating(sum(rounds_each), message)
+
+    def finished(self) -> None:
+        count = f"{self._prompts} prompts" if self._prompts > 1 else "the prompt"
+        self._generating(self._total_rounds, f"Expanded {count}")
+
+    @property
+    def _total_rounds(self) -> int:
+        # The most the job can take; an expansion that reaches its target stops early.
+        return self._prompts * self._max_rounds
+
+    def _generating(self, done: int, message: str) -> None:
+        total = self._total_rounds
+        self.tell(ProgressEvent("generate", message, min(done, total), total, "rounds"))
+
+
 @dataclass(frozen=True)
 class _Job:
     """What every expansion of one upsample_many call shares."""
@@ -127,9 +192,10 @@ class _Job:
     settings: UpsampleSettings
     width: int
     height: int
-    backend: Any
+    backend: Backend
     quality_line: bool
     cancel: threading.Event | None = None
+    progress: _JobProgress = field(default_factory=lambda: _JobProgress(None, 1, 1))
 
 
 def check_cancel(cancel: threading.Event | None) -> None:
@@ -145,8 +211,8 @@ class Upsampler:
         self,
         *,
         model_dir: Path | None = None,
-        lookup: Any = None,
-        backends: Any = None,
+        lookup: TagLookupLike | None = None,
+        backends: BackendCache | None = None,
         embeddings: Collection[str] = (),
         allow_download: bool = True,
     ) -> None:
@@ -158,7 +224,7 @@ class Upsampler:
         self._lock = threading.Lock()
 
     @property
-    def lookup(self) -> Any:
+    def lookup(self) -> TagLookupLike:
         with self._lock:
             if self._lookup is None:
                 from .tag_lookup import get_lookup
@@ -167,7 +233,7 @@ class Upsampler:
             return self._lookup
 
     @property
-    def backends(self) -> Any:
+    def backends(self) -> BackendCache:
         with self._lock:
             if self._backends is None:
                 from .backends import default_cache
@@ -205,8 +271,11 @@ class Upsampler:
         height: int = 1024,
         *,
         cancel: threading.Event | None = None,
+        progress: ProgressFn | None = None,
     ) -> Result:
-        return self.upsample_many([prompt], settings, [seed], width, height, cancel=cancel)[0]
+        return self.upsample_many(
+            [prompt], settings, [seed], width, height, cancel=cancel, progress=progress
+        )[0]
 
     def upsample_many(
         self,
@@ -217,27 +286,34 @@ class Upsampler:
         height: int = 1024,
         *,
         cancel: threading.Event | None = None,
+        progress: ProgressFn | None = None,
     ) -> list[Result]:
         """One Result per (prompt, seed).
 
         `cancel`: once it is set (from another thread), the job stops before its next
         expansion or round and raises Cancelled; a round already running finishes first.
+        `progress` hears of each step, in order: the download (bytes, only when the model
+        is fetched), the load, each round, and the end (see models.ProgressEvent).
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed each")
         started = time.perf_counter()
         check_cancel(cancel)
-        choice = self._choose_model(settings)
+        told = _JobProgress(progress, len(prompts), settings.max_rounds)
+        choice = self._choose_model(settings, progress=told.tell)
+        told.loading(choice, settings.device)
         with self.backends.lease(choice.backend, choice.path, settings.device) as backend:
             load_s = time.perf_counter() - started
-            job = _Job(settings, width, height, backend, choice.takes_quality_line, cancel)
-            if hasattr(backend, "generate_batch") and len(prompts) > 1:
-                results = self._expand_together(prompts, seeds, job)
+            told.loaded(choice)
+            job = _Job(settings, width, height, backend, choice.takes_quality_line, cancel, told)
+            if isinstance(backend, BatchBackend) and len(prompts) > 1:
+                results = self._expand_together(prompts, seeds, job, backend)
             else:
                 results = [
                     self._expand_numbered(number, prompt, seed, job)
                     for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1)
                 ]
+        told.finished()
         return [
             _with_model(result, choice, backend, load_s if index == 0 else 0.0)
             for index, result in enumerate(results)
@@ -246,7 +322,9 @@ class Upsampler:
     def unload(self) -> None:
         self.backends.unload()
 
-    def _choose_model(self, settings: UpsampleSettings) -> ModelChoice:
+    def _choose_model(
+        self, settings: UpsampleSettings, progress: ProgressFn | None = None
+    ) -> ModelChoice:
         from .model_selection import select_model
 
         # A name checked where it came in (models.checked_model_spec) carries its spec.
@@ -255,6 +333,7 @@ class Upsampler:
             settings.backend,
             model_dir=self.model_dir,
             allow_download=self.allow_download,
+            progress=progress,
         )
 
     def _expand_numbered(self, number: int, prompt: str, seed: int, job: _Job) -> Result:
@@ -262,26 +341,34 @@ class Upsampler:
             started = time.perf_counter()
             loop = self._begin(prompt, seed, job)
             with self._model_failures(job.backend):
-                loop.run(job.backend)
+                loop.run(job.backend, lambda rounds: job.progress.round_of(number, rounds))
             return self._finish(prompt, loop, started)
 
     @contextlib.contextmanager
-    def _model_failures(self, backend: Any, what: str = "") -> Iterator[None]:
+    def _model_failures(self, backend: Backend, what: str = "") -> Iterator[None]:
         """A failure inside the model becomes a GenerationError, and the model is dropped.
 
         Dropping it means the next job loads a fresh one (after an out-of-memory error,
-        say) instead of reusing one in an unknown state.
+        say) instead of reusing one in an unknown state. A model file that changed on
+        disk during the job and no longer loads is a damaged model (ModelLoadError), as
+        it would be had it been found so before the job.
         """
         try:
             yield
         except (PromptTooLong, Cancelled):
             raise
+        except (ModelLoadError, ModelError) as exc:
+            self.backends.discard(backend)
+            raise ModelLoadError(
+                f"{what}the model ({backend.name} on {backend.device}) changed on disk while "
+                f"in use and no longer loads: {exc}"
+            ) from exc
         except Exception as exc:
             self.backends.discard(backend)
             raise GenerationError(f"{what}{_generation_message(backend, exc)}") from exc
 
     def _expand_together(
-        self, prompts: Sequence[str], seeds: Sequence[int], job: _Job
+        self, prompts: Sequence[str], seeds: Sequence[int], job: _Job, backend: BatchBackend
     ) -> list[Result]:
         """All prompts' rounds in lockstep, one batched model call per round.
 
@@ -295,8 +382,8 @@ class Upsampler:
             with _stage("expansion", number, prompt):
                 loops.append(self._begin(prompt, seed, job))
             spent.append(time.perf_counter() - started)
-        with self._model_failures(job.backend, f"{len(loops)} prompts expanded together: "):
-            _run_together(loops, job.backend, job.settings)
+        with self._model_failures(backend, f"{len(loops)} prompts expanded together: "):
+            _run_together(loops, backend, job.settings, job.progress.rounds_together)
         results = []
         for number, (prompt, loop, before) in enumerate(zip(prompts, loops, spent), 1):
             with _stage("expansion", number, prompt):
@@ -313,7 +400,7 @@ class Upsampler:
             prepared = self.prepare(prompt, settings, width, height, quality_line=job.quality_line)
         lookup_s = time.perf_counter() - started
         # A lookup that could not read its index (tag_lookup.TagLookup.notices) says so here.
-        lookup_notices = list(getattr(self.lookup, "notices", ()))
+        lookup_notices = list(self.lookup.notices)
         with _stage("fitting the prompt into the model's context"):
             prepared, notices = fit_to_context(prepared, job.backend, settings, width, height)
         notices = lookup_notices + notices
@@ -385,7 +472,8 @@ class _Rounds:
         self.generation_s = 0.0
         self.notices: list[str] = list(notices)
 
-    def run(self, backend: Any) -> None:
+    def run(self, backend: Backend, after_round: Callable[[int], None] | None = None) -> None:
+        """Every round until done; `after_round` hears the number of rounds run so far."""
         while (step := self.next_input()) is not None:
             text, seed = step
             try:
@@ -394,6 +482,8 @@ class _Rounds:
                 self.context_full(exc)
                 continue
             self.take(text, generation)
+            if after_round is not None:
+                after_round(self.rounds)
 
     def next_input(self) -> tuple[str, int] | None:
         """The next round's model input and seed, or None once the expansion is done.
@@ -412,7 +502,7 @@ class _Rounds:
         random.Random(round_seed).shuffle(fed)
         return continuation_input(self.prepared.model_input, fed), round_seed
 
-    def take(self, text: str, generation: Any) -> None:
+    def take(self, text: str, generation: Generation) -> None:
         """Count one round's generation for `text` and keep its new tags."""
         self.rounds += 1
         self.prompt_tokens += generation.prompt_tokens
@@ -466,8 +556,16 @@ def _without_last_tag(generated: str) -> str:
     return f"{head}{end}{tail.rsplit(',', 1)[0]}" if "," in tail else f"{head}{end}"
 
 
-def _run_together(loops: Sequence[_Rounds], backend: Any, settings: UpsampleSettings) -> None:
-    """Advance every unfinished expansion by one round per `generate_batch` call."""
+def _run_together(
+    loops: Sequence[_Rounds],
+    backend: BatchBackend,
+    settings: UpsampleSettings,
+    after_round: Callable[[list[int]], None] | None = None,
+) -> None:
+    """Advance every unfinished expansion by one round per `generate_batch` call.
+
+    `after_round` hears each expansion's number of rounds after every call.
+    """
     while steps := [(loop, step) for loop in loops if (step := loop.next_input()) is not None]:
         texts = [text for _, (text, _) in steps]
         seeds = [seed for _, (_, seed) in steps]
@@ -477,9 +575,13 @@ def _run_together(loops: Sequence[_Rounds], backend: Any, settings: UpsampleSett
                 loop.context_full(outcome)
             else:
                 loop.take(text, outcome)
+        if after_round is not None:
+            after_round([loop.rounds for loop in loops])
 
 
-def _generate_step(backend: Any, texts: list[str], sampling: Any, seeds: list[int]) -> list[Any]:
+def _generate_step(
+    backend: BatchBackend, texts: list[str], sampling: SamplingSettings, seeds: list[int]
+) -> list[Generation | PromptTooLong]:
     """One Generation per text, or the PromptTooLong of a text that filled the context."""
     try:
         return list(backend.generate_batch(texts, sampling, seeds))
@@ -490,14 +592,16 @@ def _generate_step(backend: Any, texts: list[str], sampling: Any, seeds: list[in
         ]
 
 
-def _generate_or_full(backend: Any, text: str, sampling: Any, seed: int) -> Any:
+def _generate_or_full(
+    backend: Backend, text: str, sampling: SamplingSettings, seed: int
+) -> Generation | PromptTooLong:
     try:
         return backend.generate(text, sampling, seed)
     except PromptTooLong as exc:
         return exc
 
 
-def _with_model(result: Result, choice: ModelChoice, backend: Any, load_s: float) -> Result:
+def _with_model(result: Result, choice: ModelChoice, backend: Backend, load_s: float) -> Result:
     timings = replace(result.timings, load_s=load_s, total_s=result.timings.total_s + load_s)
     return replace(
         result,
@@ -506,7 +610,7 @@ def _with_model(result: Result, choice: ModelChoice, backend: Any, load_s: float
         device=backend.device,
         timings=timings,
         notices=((choice.notice,) if choice.notice else ())
-        + tuple(getattr(backend, "notices", ()))  # such as a GPU the backend could not use
+        + backend.notices  # such as a GPU the backend could not use
         + result.notices,
     )
 
@@ -516,13 +620,13 @@ def _stage(what: str, number: int | None = None, prompt: str | None = None) -> I
     """Turn an unexpected failure into one UpsampleError that says where it happened."""
     try:
         yield
-    except _CLEAR_ERRORS:
-        raise
     except UpsampleError as exc:
-        if number is None:
+        if number is None or isinstance(exc, Cancelled):
             raise
         # Same class (GenerationError stays one), now naming the prompt.
         raise type(exc)(f"prompt {number} ({_preview(prompt)}): {exc}") from exc
+    except DtgError:
+        raise  # it already says what went wrong in the user's terms
     except Exception as exc:
         where = f"prompt {number} ({_preview(prompt)}): " if number is not None else ""
         raise UpsampleError(f"{where}{what} failed: {type(exc).__name__}: {exc}") from exc
@@ -533,20 +637,19 @@ def _preview(prompt: str | None, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _generation_message(backend: Any, exc: BaseException) -> str:
+def _generation_message(backend: Backend, exc: BaseException) -> str:
     kind = type(exc).__name__
     memory = isinstance(exc, MemoryError) or "OutOfMemory" in kind or "out of memory" in str(exc)
     reason = "ran out of memory" if memory else f"failed ({kind}: {exc})"
-    name = getattr(backend, "name", "the backend")
     return (
-        f"the model ({name} on {getattr(backend, 'device', '?')}) {reason} while generating; "
+        f"the model ({backend.name} on {backend.device}) {reason} while generating; "
         "it was unloaded and the next request loads it again"
         + (" (a smaller model, such as a GGUF on the CPU, needs less memory)" if memory else "")
     )
 
 
 def fit_to_context(
-    prepared: Prepared, backend: Any, settings: UpsampleSettings, width: int, height: int
+    prepared: Prepared, backend: Backend, settings: UpsampleSettings, width: int, height: int
 ) -> tuple[Prepared, list[str]]:
     """Leave tags out of the model input (never the final prompt) until it fits the context.
 
@@ -554,7 +657,7 @@ def fit_to_context(
     tags, also from the end. Raises PromptTooLong only when even an empty input
     would not fit.
     """
-    context = int(getattr(backend, "context", 0) or DEFAULT_CONTEXT)
+    context = backend.context
     limit = context - min(settings.sampling.max_new_tokens, MIN_NEW_TOKENS)
     used = backend.count_tokens(prepared.model_input)
     if used <= limit:
@@ -621,9 +724,16 @@ def upsample(
     height: int = 1024,
     *,
     cancel: threading.Event | None = None,
+    progress: ProgressFn | None = None,
 ) -> Result:
     return default_upsampler().upsample(
-        prompt, settings or UpsampleSettings(), seed, width, height, cancel=cancel
+        prompt,
+        settings or UpsampleSettings(),
+        seed,
+        width,
+        height,
+        cancel=cancel,
+        progress=progress,
     )
 
 
@@ -635,7 +745,14 @@ def upsample_many(
     height: int = 1024,
     *,
     cancel: threading.Event | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[Result]:
     return default_upsampler().upsample_many(
-        prompts, settings or UpsampleSettings(), seeds, width, height, cancel=cancel
+        prompts,
+        settings or UpsampleSettings(),
+        seeds,
+        width,
+        height,
+        cancel=cancel,
+        progress=progress,
     )

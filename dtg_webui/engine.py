@@ -7,11 +7,17 @@ the webui API can run jobs on several threads.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dtg_lib.models import ProgressEvent, ProgressFn
+    from dtg_lib.settings import UpsampleSettings
 
 log = logging.getLogger("dtg")
 
@@ -44,6 +50,77 @@ def get_engine(model_dir: Path | None, embeddings: frozenset[str]) -> Any:
             _cached["engine"] = engine_factory(model_dir, embeddings)
             _cached["key"] = key
         return _cached["engine"]
+
+
+def run_job(
+    upsampler: Any,
+    prompts: Sequence[str],
+    settings: UpsampleSettings,
+    seeds: Sequence[int],
+    size: tuple[int, int],
+) -> list[Any]:
+    """`upsample_many` for a webui job, its progress shown in the host's progress text.
+
+    An engine swapped in through `set_factory` that takes no `progress` runs without it.
+    """
+    width, height = size
+    with progress_in_host() as progress:
+        if _takes_progress(upsampler):
+            return upsampler.upsample_many(
+                prompts, settings, seeds, width, height, progress=progress
+            )
+        return upsampler.upsample_many(prompts, settings, seeds, width, height)
+
+
+@contextlib.contextmanager
+def progress_in_host() -> Iterator[ProgressFn]:
+    """A progress callback that writes each step into `shared.state.textinfo`, the text the
+    host shows beside the job's progress bar; the text it had comes back afterwards."""
+    state = _host_state()
+    if state is None:
+        yield _shows_nothing
+        return
+    before = getattr(state, "textinfo", None)
+
+    def show(event: ProgressEvent) -> None:
+        state.textinfo = progress_text(event)
+
+    try:
+        yield show
+    finally:
+        state.textinfo = before
+
+
+def progress_text(event: ProgressEvent) -> str:
+    """One line (the host's progress bar leaves out a textinfo with a line break)."""
+    if event.total and event.unit == "bytes":
+        return f"DTG: {event.message} ({event.done / 1e6:.0f} of {event.total / 1e6:.0f} MB)"
+    if event.total:
+        return f"DTG: {event.message} ({100 * event.done // event.total}%)"
+    return f"DTG: {event.message}"
+
+
+def _host_state() -> Any:
+    """The host's `shared.state`, or None outside a webui (or before it made one)."""
+    try:
+        from modules import shared
+    except ImportError:
+        return None
+    return getattr(shared, "state", None)
+
+
+def _shows_nothing(event: ProgressEvent) -> None:
+    """Progress with nowhere to go."""
+
+
+def _takes_progress(upsampler: Any) -> bool:
+    try:
+        parameters = inspect.signature(upsampler.upsample_many).parameters
+    except (TypeError, ValueError):
+        return False
+    return "progress" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
 
 
 def unload() -> None:

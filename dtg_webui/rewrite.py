@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from dtg_lib.errors import DtgError
 from dtg_lib.settings import TIMINGS, SettingsError, UpsampleSettings
 
 from . import engine, host
@@ -242,18 +243,24 @@ def _expand(
     try:
         upsampler = engine.get_engine(config.model_dir, host.embedding_names())
         width, height = int(getattr(p, "width", 1024)), int(getattr(p, "height", 1024))
-        results = upsampler.upsample_many(list(prompts), settings, list(seeds), width, height)
+        results = engine.run_job(upsampler, list(prompts), settings, list(seeds), (width, height))
         finals = [result.final_prompt for result in results]
         if len(finals) != len(prompts):
             raise RuntimeError(f"engine returned {len(finals)} prompts for {len(prompts)}")
     except Exception as exc:  # any engine failure must leave the job running, unexpanded
-        log.error("DTG: expansion failed, prompts left as written: %s: %s", type(exc).__name__, exc)
+        log.error("DTG: expansion failed, prompts left as written: %s", _failure_text(exc))
         log.debug("DTG: expansion failure details", exc_info=True)
-        _note_error(p, f"{type(exc).__name__}: {exc}")
+        _note_error(p, _failure_text(exc))
         return None
     log.info("DTG: expanded %d prompt(s) in %.2fs", len(finals), time.perf_counter() - started)
     _note_notices(p, results)
     return finals
+
+
+def _failure_text(exc: Exception) -> str:
+    """An engine error's message says it all (its class is DtgError's promise); anything else
+    is unexpected, so its type is named too."""
+    return str(exc) if isinstance(exc, DtgError) else f"{type(exc).__name__}: {exc}"
 
 
 def _replace_prompts(p: Any, originals: list[str], finals: list[str]) -> None:

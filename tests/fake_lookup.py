@@ -30,6 +30,9 @@ class Info:
 
 
 class FakeLookup:
+    # As tag_lookup.TagLookup.notices: this lookup always reads its names.
+    notices: tuple[str, ...] = ()
+
     def classify(self, tag: str) -> Info:
         key = canonical(tag)
         if key in BUILTIN_CLASSES:

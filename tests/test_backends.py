@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from dtg_examples import PROMPT
 
+from dtg_dev.tiny_model import GENERAL_TAGS
 from dtg_lib import backends
 from dtg_lib.backends import (
     BackendCache,
@@ -25,7 +26,6 @@ from dtg_lib.backends.base import Backend, fold_seed, normalize_device
 from dtg_lib.backends.torch_sampling import filter_scores
 from dtg_lib.models import ModelError
 from dtg_lib.settings import SamplingSettings
-from dtg_dev.tiny_model import GENERAL_TAGS
 
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.95, top_k=100, max_new_tokens=128)
 KINDS = [

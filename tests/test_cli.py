@@ -88,7 +88,7 @@ def test_seed_minus_one_draws_a_seed_and_prints_it(capsys, monkeypatch):
     seen = []
 
     class RecordingUpsampler:
-        def upsample(self, prompt, settings, seed, width, height):
+        def upsample(self, prompt, settings, seed, width, height, progress=None):
             seen.append(seed)
             return types.SimpleNamespace(final_prompt=f"{prompt}, more")
 

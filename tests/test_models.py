@@ -665,12 +665,13 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
 def test_download_lands_in_the_repo_layout(fake_hub: FakeHub, model_dir: Path) -> None:
     data = gguf_bytes(tokens=500)
     fake_hub.files[(REPO, Q8)] = data
-    reports: list[tuple[str, int, int]] = []
-    resolved = resolve_model("delta-rev2", model_dir, progress=lambda *a: reports.append(a))
+    reports: list[models.ProgressEvent] = []
+    resolved = resolve_model("delta-rev2", model_dir, progress=reports.append)
     assert resolved.path == model_dir / "DanTagGen-delta-rev2" / Q8
     assert resolved.path.read_bytes() == data
     assert not resolved.path.is_symlink()  # a real file, not a link into the HF cache
-    assert reports and reports[-1] == (Q8, len(data), len(data))
+    assert reports and (reports[-1].done, reports[-1].total) == (len(data), len(data))
+    assert reports[-1].phase == "download" and Q8 in reports[-1].message
     assert validation.read_sizes(resolved.path.parent) == {Q8: len(data)}
     assert not list(resolved.path.parent.glob("*.incomplete"))
 

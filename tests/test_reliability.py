@@ -58,7 +58,7 @@ def scripted(monkeypatch, make_backend):
 
     engine = Upsampler(lookup=FakeLookup(), backends=BackendCache(loader))
     choice = ModelChoice("llama.cpp", Path("scripted.gguf"), "scripted", True)
-    monkeypatch.setattr(engine, "_choose_model", lambda settings: choice)
+    monkeypatch.setattr(engine, "_choose_model", lambda settings, progress=None: choice)
     return engine, loaded
 
 
@@ -392,19 +392,23 @@ def test_torch_loading_never_trusts_remote_code_or_pickle(tiny_model, monkeypatc
     transformers = pytest.importorskip("transformers")
     from dtg_lib.backends import load_backend
 
-    seen: list[dict] = []
-    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+    seen: dict[str, list[tuple[tuple, dict]]] = {}
+    classes = (transformers.AutoTokenizer, transformers.AutoConfig, transformers.PreTrainedModel)
+    for cls in classes:
         original = cls.from_pretrained.__func__
 
-        def spy(klass, *args, _original=original, **kwargs):
-            seen.append(kwargs)
+        def spy(klass, *args, _original=original, _name=cls.__name__, **kwargs):
+            seen.setdefault(_name, []).append((args, kwargs))
             return _original(klass, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     load_backend("torch", tiny_model.hf_dir).close()
-    assert len(seen) == 2
-    assert all(kw.get("trust_remote_code") is False for kw in seen)
-    assert seen[1].get("use_safetensors") is True
+    for name in ("AutoTokenizer", "AutoConfig"):
+        assert seen[name] and all(kw.get("trust_remote_code") is False for _, kw in seen[name])
+    # The weights: read from the safetensors by the backend and handed over as tensors,
+    # so the model class is given no folder to load files (or code) from.
+    [(args, kwargs)] = seen["PreTrainedModel"]
+    assert args == (None,) and isinstance(kwargs.get("state_dict"), dict)
 
 
 def test_no_source_file_enables_remote_code_or_unpickling():

@@ -129,7 +129,7 @@ def no_engine(monkeypatch):
     calls = []
 
     class Recording:
-        def upsample(self, prompt, settings, seed, width, height):
+        def upsample(self, prompt, settings, seed, width, height, progress=None):
             calls.append((prompt, width, height))
             return types.SimpleNamespace(final_prompt="expanded", notices=())
 
@@ -158,7 +158,7 @@ def test_notices_the_log_did_not_print_go_to_stderr(monkeypatch, capsys):
     told = "a round stopped after 2 tokens, before it finished a tag"
 
     class Noting:
-        def upsample(self, prompt, settings, seed, width, height):
+        def upsample(self, prompt, settings, seed, width, height, progress=None):
             return types.SimpleNamespace(final_prompt=f"{prompt}, hat", notices=(told,))
 
     monkeypatch.setattr(cli, "_upsampler", lambda args: Noting())

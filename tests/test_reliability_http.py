@@ -87,7 +87,7 @@ class CancelAfterFirstRound:
         self.cancel = cancel
         self.rounds = 0
         self.name, self.device = real.name, real.device
-        self.context = getattr(real, "context", 0)
+        self.context, self.notices = real.context, real.notices
 
     def generate(self, prompt, sampling, seed):
         generation = self.real.generate(prompt, sampling, seed)
@@ -149,6 +149,8 @@ class BatchBackend:
     calls: list[int] = field(default_factory=list)
     name: str = "batch"
     device: str = "cpu"
+    context: int = 2048
+    notices: tuple[str, ...] = ()
 
     def generate_batch(self, prompts, sampling, seeds):
         self.calls.append(len(prompts))
@@ -188,7 +190,7 @@ def test_batched_expansions_stop_within_a_round_after_cancel(monkeypatch):
         lookup=FakeLookup(), backends=BackendCache(loader=lambda *a, **k: backend)
     )
     choice = ModelChoice("torch", Path("batch"), "batch", True)
-    monkeypatch.setattr(upsampler, "_choose_model", lambda settings: choice)
+    monkeypatch.setattr(upsampler, "_choose_model", lambda settings, progress=None: choice)
     settings = UpsampleSettings(target="very_long", max_rounds=20)
     with pytest.raises(Cancelled):
         upsampler.upsample_many(["1girl"] * 4, settings, [1, 2, 3, 4], cancel=cancel)

@@ -42,6 +42,8 @@ class ScriptedBackend:
     calls: list[tuple[str, int]] = field(default_factory=list)
     name: str = "scripted"
     device: str = "cpu"
+    context: int = 2048
+    notices: tuple[str, ...] = ()
 
     def generate(self, prompt, sampling, seed):
         self.calls.append((prompt, seed))
@@ -60,7 +62,7 @@ def make(backend, monkeypatch):
     cache = BackendCache(loader=lambda *args, **options: backend)
     upsampler = Upsampler(lookup=FakeLookup(), backends=cache)
     choice = ModelChoice("llama.cpp", Path("scripted.gguf"), "scripted", True)
-    monkeypatch.setattr(upsampler, "_choose_model", lambda settings: choice)
+    monkeypatch.setattr(upsampler, "_choose_model", lambda settings, progress=None: choice)
     return upsampler
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 # normalize_device lives with the settings (the lowest layer); named here for the backends.
+from ..errors import CALLER_MISTAKE, UNAVAILABLE, DtgError
 from ..settings import SamplingSettings
 from ..settings import normalize_device as normalize_device
 
@@ -36,41 +38,58 @@ class Generation:
         return self.completion_tokens / self.generation_s if self.generation_s > 0 else 0.0
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(DtgError, RuntimeError):
     """The library a backend needs is missing; the message has the pip command."""
 
+    http_status = UNAVAILABLE
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(DtgError, RuntimeError):
     """The model file or folder is missing, corrupt, truncated or of the wrong kind."""
 
+    http_status = UNAVAILABLE
 
-class PromptTooLong(ValueError):
+
+class PromptTooLong(DtgError, ValueError):
     """The prompt leaves no room for new tokens in the model's context."""
+
+    http_status = CALLER_MISTAKE
 
 
 @runtime_checkable
 class Backend(Protocol):
     """A loaded model.
 
-    A backend may also offer `generate_batch(prompts, sampling, seeds) ->
-    list[Generation]`: one continuation per prompt, each exactly as `generate`
-    would give it with that seed, computed together. `upsample_many` then
-    advances a job's expansions in lockstep; without it (llama.cpp) it expands
-    them one after another, which keeps llama.cpp's prefix reuse between rounds.
-
-    A backend may also have `notices`: a tuple of things to tell the user with
-    every result it gives, such as a GPU it could not use and the device it ran on instead.
+    `context` is the most tokens one call may hold, prompt and new tokens together.
+    `notices` are things to tell the user with every result it gives, such as a GPU
+    it could not use and the device it ran on instead.
     """
 
     name: str
     device: str
-    model_path: Path
+    context: int
+    notices: tuple[str, ...]
 
     def generate(self, prompt: str, sampling: SamplingSettings, seed: int) -> Generation: ...
 
     def count_tokens(self, text: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchBackend(Backend, Protocol):
+    """A backend that also expands several prompts in one call (torch).
+
+    Each continuation is exactly what `generate` would give its prompt with that
+    seed. `upsample_many` then advances a job's expansions in lockstep; with a plain
+    Backend (llama.cpp) it expands them one after another, which keeps llama.cpp's
+    prefix reuse between rounds.
+    """
+
+    def generate_batch(
+        self, prompts: Sequence[str], sampling: SamplingSettings, seeds: Sequence[int]
+    ) -> list[Generation]: ...
 
 
 FileStamp = tuple[tuple[str, int, int, int], ...]

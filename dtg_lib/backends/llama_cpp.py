@@ -163,6 +163,7 @@ class LlamaCppBackend:
     """One loaded GGUF model; calls are serialised because a context is not thread-safe."""
 
     name = "llama.cpp"
+    context = N_CTX
     # What the KV cache holds (see _prefill); class-level defaults, set per instance.
     _evaluated: _Evaluated | None = None
     _marker_id: Any = _UNSET

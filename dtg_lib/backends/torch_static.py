@@ -21,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import DtgError
 
-class StaticDecodeUnsupported(Exception):
-    """The model is not a plain LLaMA this module can run."""
+
+class StaticDecodeUnsupported(DtgError):
+    """The model is not a plain LLaMA this module can run (the backend then decodes
+    another way; it reaches no client)."""
 
 
 @dataclass(frozen=True)

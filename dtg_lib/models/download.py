@@ -24,6 +24,7 @@ from .names import (
     ModelCorrupt,
     ModelEntry,
     ModelSpec,
+    ProgressEvent,
     ProgressFn,
 )
 from .validation import record_size, validate_model_file
@@ -245,7 +246,7 @@ def _hub_download(
     if reporting:
         kwargs["tqdm_class"] = _reporting_tqdm(filename, progress)
     elif progress is not None:
-        progress(filename, 0, expected or 0)
+        progress(_download_event(filename, 0, expected))
     if _accepts(download, "local_dir"):
         kwargs["local_dir"] = str(folder)
         if _accepts(download, "local_dir_use_symlinks") and not _has_local_folder_layout():
@@ -256,7 +257,7 @@ def _hub_download(
         path = str(_copy_into(Path(download(repo_id, filename, **kwargs)), folder / filename))
     if progress is not None and not reporting:
         size = Path(path).stat().st_size
-        progress(filename, size, size)
+        progress(_download_event(filename, size, size))
     return path
 
 
@@ -274,8 +275,16 @@ def _copy_into(source: Path, dest: Path) -> Path:
     return dest
 
 
+def _download_event(filename: str, done: int, total: int | None) -> ProgressEvent:
+    return ProgressEvent("download", f"Downloading {filename}", done, total or None, "bytes")
+
+
 def _reporting_tqdm(filename: str, progress: ProgressFn) -> type:
-    """A tqdm class that also reports (filename, done, total) to `progress`."""
+    """A tqdm class that reports each chunk to `progress` instead of drawing a bar.
+
+    The caller of `progress` shows it (a bar of its own, a status line), so the
+    hub's bar stays off: a terminal would otherwise get two.
+    """
     try:
         from huggingface_hub.utils import tqdm as base
     except ImportError:
@@ -283,15 +292,15 @@ def _reporting_tqdm(filename: str, progress: ProgressFn) -> type:
 
     class ReportingTqdm(base):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **{**kwargs, "disable": True})
             self._dtg_done = int(kwargs.get("initial") or 0)
             self._dtg_total = int(kwargs.get("total") or 0)
-            progress(filename, self._dtg_done, self._dtg_total)
+            progress(_download_event(filename, self._dtg_done, self._dtg_total))
 
         def update(self, n: float | None = 1) -> bool | None:
             # A disabled bar does not count, so keep our own tally.
             self._dtg_done = max(0, self._dtg_done + int(n or 0))
-            progress(filename, self._dtg_done, self._dtg_total)
+            progress(_download_event(filename, self._dtg_done, self._dtg_total))
             return super().update(n)
 
     return ReportingTqdm

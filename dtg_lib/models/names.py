@@ -16,9 +16,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import UNAVAILABLE, DtgError
+
 log = logging.getLogger("dtg")
 
-ProgressFn = Callable[[str, int, int], None]
+PHASES = ("download", "load", "generate")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a request, for a progress bar or a status line.
+
+    `phase` is one of PHASES; `done` of `total` counts `unit`s ("bytes" while
+    downloading, "rounds" while generating); `total` is None where it is not known.
+    """
+
+    phase: str
+    message: str  # one line for a person: "Downloading ggml-model-Q8_0.gguf"
+    done: int = 0
+    total: int | None = None
+    unit: str = ""
+
+
+# Told of each step; the one who passes it shows progress (the hub's own bar is then off).
+ProgressFn = Callable[[ProgressEvent], None]
 
 DEFAULT_MODEL = "delta-rev2"
 HF_KIND = "hf"
@@ -34,6 +55,11 @@ GGUF_FILES: dict[str, str] = {
 }
 DEFAULT_QUANT = "Q8_0"
 _HF_VARIANTS = ("hf", "transformers")
+
+# Model families: each speaks its own prompt format (dtg_format / tipo_format).
+DTG_FAMILY = "dtg"
+TIPO_FAMILY = "tipo"
+FAMILIES = (DTG_FAMILY, TIPO_FAMILY)
 
 HF_REQUIRED_FILES = ("config.json", "model.safetensors")
 HF_OPTIONAL_FILES = (
@@ -52,16 +78,28 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One DanTagGen repo on the hub."""
+    """One model repo on the hub (DanTagGen or TIPO)."""
 
     name: str
     repo_id: str
     takes_quality_line: bool
     context_length: int
+    family: str = DTG_FAMILY
+    licence: str = ""
+    # (variant, GGUF file in the repo) pairs; the first is the default variant.
+    gguf_variants: tuple[tuple[str, str], ...] = tuple(GGUF_FILES.items())
 
     @property
     def repo_name(self) -> str:
         return self.repo_id.rsplit("/", 1)[-1]
+
+    @property
+    def gguf_files(self) -> dict[str, str]:
+        return dict(self.gguf_variants)
+
+    @property
+    def default_variant(self) -> str:
+        return self.gguf_variants[0][0]
 
 
 @dataclass(frozen=True)
@@ -73,6 +111,8 @@ class ModelSpec:
     filename: str | None
     local_path: Path | None
     takes_quality_line: bool
+    # Which prompt format the model speaks: from the registry, or read from a local file.
+    family: str = DTG_FAMILY
 
     @property
     def display_name(self) -> str:
@@ -89,6 +129,10 @@ class ResolvedModel:
     path: Path
     kind: str
 
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
 
 @dataclass(frozen=True)
 class LocalModel:
@@ -100,8 +144,10 @@ class LocalModel:
     size: int
 
 
-class ModelError(RuntimeError):
+class ModelError(DtgError, RuntimeError):
     """A model cannot be used; the message names it and says what to do."""
+
+    http_status = UNAVAILABLE
 
 
 class ModelNotFound(ModelError):
@@ -116,12 +162,34 @@ class DownloadFailed(ModelError):
     """Fetching a model from the hub failed; nothing partial was left in place."""
 
 
+# The DanTagGen model card (alpha) declares licence "openrail"; the later generations
+# come from the same author and card.
+DTG_LICENCE = "openrail"
+KOHAKU_LICENCE = "kohaku-license-1.0"
+TIPO_CONTEXT = 1024  # TIPO v1 models are LLaMA with a 1024-token context
+TIPO_VARIANT = "F16"  # TIPO publishes F16 GGUF files only
+
+
 def _registry_entry(name: str, context_length: int) -> ModelEntry:
     return ModelEntry(
         name=name,
         repo_id=f"KBlueLeaf/DanTagGen-{name}",
         takes_quality_line=name.startswith("delta"),
         context_length=context_length,
+        family=DTG_FAMILY,
+        licence=DTG_LICENCE,
+    )
+
+
+def _tipo_entry(repo_name: str, gguf_file: str, licence: str) -> ModelEntry:
+    return ModelEntry(
+        name=repo_name.lower(),
+        repo_id=f"KBlueLeaf/{repo_name}",
+        takes_quality_line=True,  # TIPO's header has a `quality:` line
+        context_length=TIPO_CONTEXT,
+        family=TIPO_FAMILY,
+        licence=licence,
+        gguf_variants=((TIPO_VARIANT, gguf_file),),
     )
 
 
@@ -133,7 +201,25 @@ REGISTRY: dict[str, ModelEntry] = {
         _registry_entry("gamma", 512),
         _registry_entry("delta", 2048),
         _registry_entry("delta-rev2", 2048),
+        _tipo_entry("TIPO-100M", "TIPO-100M-F16.gguf", "apache-2.0"),
+        _tipo_entry("TIPO-200M", "TIPO-200M-40Btok-F16.gguf", "apache-2.0"),
+        _tipo_entry("TIPO-200M-ft", "TIPO-200M-ft-F16.gguf", KOHAKU_LICENCE),
+        _tipo_entry("TIPO-200M-ft2", "TIPO-200M-ft2-F16.gguf", KOHAKU_LICENCE),
+        _tipo_entry("TIPO-500M", "TIPO-500M_epoch5-F16.gguf", KOHAKU_LICENCE),
+        _tipo_entry("TIPO-500M-ft", "TIPO-500M-ft-F16.gguf", KOHAKU_LICENCE),
     )
+}
+
+# Known models this project does not run, with the reason a user is told.
+_TIPO_V2_REASON = (
+    "a sparse mixture-of-experts model of its own architecture; its transformers form needs "
+    "remote code, which is never run, and no public source confirms that llama.cpp loads "
+    "its GGUF. Use a TIPO v1 model such as tipo-500m-ft or tipo-200m."
+)
+UNSUPPORTED: dict[str, tuple[str, str]] = {
+    # name: (repo id, why it cannot be used)
+    "tipov2-1b-a200m": ("KBlueLeaf/TIPOv2-1B-A200M", _TIPO_V2_REASON),
+    "tipo-v2.1-1b-a200m": ("KBlueLeaf/TIPO-v2.1-1B-A200M", _TIPO_V2_REASON),
 }
 
 
@@ -142,26 +228,58 @@ def model_choices() -> list[str]:
     names = []
     for entry in REGISTRY.values():
         names.append(entry.name)
-        names.extend(f"{entry.name}:{quant}" for quant in GGUF_FILES)
+        names.extend(f"{entry.name}:{variant}" for variant in entry.gguf_files)
         names.append(f"{entry.name}:hf")
     return names
+
+
+def registry_models() -> list[dict[str, Any]]:
+    """The registry for a model list: each model's family, licence and variants."""
+    listed = [
+        {
+            "name": entry.name,
+            "repo_id": entry.repo_id,
+            "family": entry.family,
+            "licence": entry.licence,
+            "context_length": entry.context_length,
+            "variants": [*entry.gguf_files, HF_KIND],
+            "default_variant": entry.default_variant,
+            "supported": True,
+        }
+        for entry in REGISTRY.values()
+    ]
+    for name, (repo_id, reason) in UNSUPPORTED.items():
+        listed.append(
+            {
+                "name": name,
+                "repo_id": repo_id,
+                "family": TIPO_FAMILY,
+                "licence": "",
+                "supported": False,
+                "reason": f"not supported: {reason}",
+            }
+        )
+    return listed
 
 
 def variant_name(entry: ModelEntry | None, kind: str, filename: str | None) -> str:
     base = entry.name if entry is not None else "?"
     if kind == HF_KIND:
         return f"{base}:hf"
-    for quant, gguf_name in GGUF_FILES.items():
+    files = entry.gguf_files if entry is not None else GGUF_FILES
+    for quant, gguf_name in files.items():
         if gguf_name == filename:
             return f"{base}:{quant}"
     return f"{base}:{filename}"
 
 
 def choices_text() -> str:
-    models = ", ".join(REGISTRY)
+    dtg = ", ".join(e.name for e in REGISTRY.values() if e.family == DTG_FAMILY)
+    tipo = ", ".join(e.name for e in REGISTRY.values() if e.family == TIPO_FAMILY)
     variants = ", ".join(f":{quant}" for quant in GGUF_FILES)
     return (
-        f"Known models: {models} (variants {variants} or :hf; default {DEFAULT_QUANT}), "
+        f"Known models: {dtg} (variants {variants} or :hf; default {DEFAULT_QUANT}); "
+        f"{tipo} (:{TIPO_VARIANT} or :hf; default {TIPO_VARIANT}), "
         f"a repo id such as {REGISTRY[DEFAULT_MODEL].repo_id}, "
         "a .gguf file, or a folder with config.json and .safetensors weights."
     )
@@ -187,21 +305,33 @@ def parse_model_name(name: str, model_dir: Path | None = None) -> ModelSpec:
 def parse_registry_name(text: str) -> ModelSpec | None:
     base, has_variant, variant = text.partition(":")
     key = base.strip().lower().removeprefix("kblueleaf/").removeprefix("dantaggen-")
+    if key in UNSUPPORTED:
+        repo_id, reason = UNSUPPORTED[key]
+        raise ModelNotFound(f"{repo_id} is not supported: it is {reason}")
     entry = REGISTRY.get(key)
     if entry is None:
         return None
-    return variant_spec(entry, variant if has_variant else DEFAULT_QUANT)
+    return variant_spec(entry, variant if has_variant else entry.default_variant)
 
 
 def variant_spec(entry: ModelEntry, variant: str) -> ModelSpec:
     """The spec of one format of a registry model: a quant such as `Q6_K`, or `hf`."""
     variant = variant.strip()
+    quality, family = entry.takes_quality_line, entry.family
     if variant.lower() in _HF_VARIANTS:
-        return ModelSpec(entry, HF_KIND, None, None, entry.takes_quality_line)
-    for quant, filename in GGUF_FILES.items():
+        return ModelSpec(entry, HF_KIND, None, None, quality, family)
+    for quant, filename in entry.gguf_files.items():
         if quant.lower() == variant.lower():
-            return ModelSpec(entry, GGUF_KIND, filename, None, entry.takes_quality_line)
-    allowed = ", ".join([*GGUF_FILES, "hf"])
+            return ModelSpec(entry, GGUF_KIND, filename, None, quality, family)
+    allowed = ", ".join([*entry.gguf_files, "hf"])
+    if any(quant.lower() == variant.lower() for quant in GGUF_FILES):
+        # A quantization DTG publishes, asked of a model that only has F16 on the hub.
+        only = entry.default_variant
+        raise ModelNotFound(
+            f"{entry.name} is published only as {only} GGUF ({entry.gguf_files[only]}) "
+            f"and as transformers weights, not as {variant}; use {entry.name} "
+            f"(= {entry.name}:{only}) or {entry.name}:hf."
+        )
     raise ModelNotFound(
         f"Unknown variant {variant!r} for model {entry.name}; use one of {allowed}."
     )
@@ -266,11 +396,14 @@ def _find_local_path(text: str, model_dir: Path | None) -> Path | None:
 
 
 def local_spec(path: Path) -> ModelSpec:
+    from .family import detect_family  # reads files through validation, which imports us
+
     kind = _local_kind(path)
     entry = _entry_from_layout(path)
     quality = entry.takes_quality_line if entry is not None else _guess_quality_line(path)
     filename = path.name if kind == GGUF_KIND else None
-    return ModelSpec(entry, kind, filename, path, quality)
+    family = detect_family(path, kind) or (entry.family if entry is not None else DTG_FAMILY)
+    return ModelSpec(entry, kind, filename, path, quality, family)
 
 
 def _local_kind(path: Path) -> str:
@@ -292,7 +425,13 @@ def _local_kind(path: Path) -> str:
     raise ModelError(f"{path} is neither a .gguf file nor a model folder with config.json.")
 
 
-_LAYOUT_RE = re.compile(r"(?:^|--)dantaggen-([a-z0-9-]+)$", re.IGNORECASE)
+_BY_REPO_NAME: dict[str, ModelEntry] = {e.repo_name.lower(): e for e in REGISTRY.values()}
+
+
+def entry_for_repo_name(folder_name: str) -> ModelEntry | None:
+    """The registry model a folder is named after: `DanTagGen-delta`, `TIPO-200M`, or the
+    HF cache's `models--KBlueLeaf--TIPO-200M`."""
+    return _BY_REPO_NAME.get(folder_name.lower().rsplit("--", 1)[-1])
 
 
 def _entry_from_layout(path: Path) -> ModelEntry | None:
@@ -300,9 +439,9 @@ def _entry_from_layout(path: Path) -> ModelEntry | None:
     # (.../models--KBlueLeaf--DanTagGen-delta/snapshots/<hash>/file) both
     # carry the repo name a few levels up.
     for part in reversed(path.parts[-4:]):
-        match = _LAYOUT_RE.search(part)
-        if match and match.group(1).lower() in REGISTRY:
-            return REGISTRY[match.group(1).lower()]
+        entry = entry_for_repo_name(part)
+        if entry is not None:
+            return entry
     return None
 
 

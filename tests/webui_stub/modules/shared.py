@@ -6,9 +6,10 @@ import argparse
 from typing import Any
 
 from modules.options import OptionInfo, categories
+from modules.shared_state import State
 from modules.styles import StyleDatabase
 
-__all__ = ["OptionInfo", "Options", "cmd_opts", "opts", "prompt_styles"]
+__all__ = ["OptionInfo", "Options", "cmd_opts", "opts", "prompt_styles", "state"]
 
 
 class Options:
@@ -44,3 +45,4 @@ class Options:
 opts = Options()
 cmd_opts = argparse.Namespace()
 prompt_styles = StyleDatabase()
+state = State()
