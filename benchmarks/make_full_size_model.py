@@ -1,7 +1,7 @@
 """A full-size DTG-shaped model with random weights, for speed measurements.
 
 Speed does not depend on weight values or on tokenizer quality, so this builds
-the real DanTagGen architecture (REFERENCE.md §1: hidden 1024, intermediate
+the real DanTagGen architecture (its published config: hidden 1024, intermediate
 3072, 24 layers, 16 heads, vocab 32006, mish, 2048 positions, untied) with
 transformers' random initialisation and writes it the ways the real repos ship:
 

@@ -80,7 +80,13 @@ def build_model_input(
     target: str = "long",
     quality_line: bool = True,
 ) -> str:
-    """The model input of REFERENCE.md §2, field for field as DTG was trained."""
+    """The model input, line for line as DTG was trained.
+
+    An optional `quality:` line (the models that take it), then `rating:`, `artist:`,
+    `characters:`, `copyrights:` (`<|empty|>` where there is none), `aspect ratio:` with
+    one decimal, `target: <|LENGTH|>`, and `general:` with the special tags, a comma and the
+    general tags, ended by `<|input_end|>`; the model writes its tags after that.
+    """
     if target not in LENGTH_TOKENS:
         raise ValueError(f"unknown target {target!r}: choose one of {', '.join(LENGTH_TOKENS)}")
 

@@ -1,10 +1,11 @@
 """An independent model of the webui's attention weights, for checking the parser.
 
-Written from the documented behaviour (REFERENCE.md §5 and the webui's
-emphasis rules), in a different shape from dtg_lib's: it records every
-bracket as an interval with a factor, in the order the brackets close, and
-multiplies afterwards. It knows nothing of prompt editing, extra networks
-or AND, so tests feed it prompts without those.
+Written from the webui's documented emphasis rules (`(a)` x1.1, `[a]` /1.1,
+`(a:w)` sets w, an unclosed bracket reaches the end of the prompt), in a
+different shape from dtg_lib's: it records every bracket as an interval with a
+factor, in the order the brackets close, and multiplies afterwards. It knows
+nothing of prompt editing, extra networks or AND, so tests feed it prompts
+without those.
 """
 
 from __future__ import annotations

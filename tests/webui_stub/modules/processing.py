@@ -1,4 +1,5 @@
-"""Processing objects and `process_images`, in the hook order of webui 1.10 (REFERENCE.md §5).
+"""Processing objects and `process_images`, in the hook order of webui 1.10
+(before_process, process, before_process_batch, process_batch per batch).
 
 Sampling is replaced by a record of what each image would have been conditioned on
 (`Processed.samples`), which is what the script's tests need to check.
