@@ -186,6 +186,7 @@ class _Vocab:
     scores: tuple[float, ...]
     types: tuple[int, ...]
     sp_model: bytes
+    added: tuple[str, ...] = ADDED_TOKENS  # the format's own tokens, after the pieces
 
     @property
     def size(self) -> int:
@@ -305,16 +306,20 @@ def _corpus(seed: int, count: int) -> tuple[list[tuple[str, str]], str]:
 # ------------------------------------------------------------------------ tokenizer
 
 
-def _sp_training_lines(samples: Sequence[tuple[str, str]]) -> Iterator[str]:
+def _sp_training_lines(
+    samples: Sequence[tuple[str, str]], added: Sequence[str] = ADDED_TOKENS
+) -> Iterator[str]:
     for prompt, completion in samples:
         text = prompt
-        for token in ADDED_TOKENS:
+        for token in added:
             text = text.replace(token, " ")
         yield from (line for line in text.split("\n") if line.strip())
         yield completion
 
 
-def _train_sentencepiece(samples: Sequence[tuple[str, str]], vocab_size: int) -> bytes:
+def _train_sentencepiece(
+    samples: Sequence[tuple[str, str]], vocab_size: int, added: Sequence[str] = ADDED_TOKENS
+) -> bytes:
     import sentencepiece as spm
 
     # The options mirror the LLaMA tokenizer: BPE (llama.cpp's SPM tokenizer merges
@@ -322,7 +327,7 @@ def _train_sentencepiece(samples: Sequence[tuple[str, str]], vocab_size: int) ->
     # survive, digits split, and byte fallback so no character becomes <unk>.
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_sp_training_lines(samples),
+        sentence_iterator=_sp_training_lines(samples, added),
         model_writer=model,
         vocab_size=vocab_size,
         model_type="bpe",
@@ -344,7 +349,7 @@ def _train_sentencepiece(samples: Sequence[tuple[str, str]], vocab_size: int) ->
     return model.getvalue()
 
 
-def _vocab_from_sentencepiece(sp_model: bytes) -> _Vocab:
+def _vocab_from_sentencepiece(sp_model: bytes, added: Sequence[str] = ADDED_TOKENS) -> _Vocab:
     import sentencepiece as spm
 
     processor = spm.SentencePieceProcessor(model_proto=sp_model)
@@ -360,10 +365,10 @@ def _vocab_from_sentencepiece(sp_model: bytes) -> _Vocab:
             types.append(_BYTE)
         else:
             types.append(_NORMAL)
-    pieces += ADDED_TOKENS
-    scores += [0.0] * len(ADDED_TOKENS)
-    types += [_CONTROL] * len(ADDED_TOKENS)
-    return _Vocab(tuple(pieces), tuple(scores), tuple(types), sp_model)
+    pieces += added
+    scores += [0.0] * len(added)
+    types += [_CONTROL] * len(added)
+    return _Vocab(tuple(pieces), tuple(scores), tuple(types), sp_model, tuple(added))
 
 
 def _bpe_merges(vocab: _Vocab) -> list[tuple[str, str]]:
@@ -405,7 +410,7 @@ def build_hf_tokenizer(vocab: _Vocab) -> Any:
             decoders.Strip(" ", 1, 0),
         ]
     )
-    specials = ["<unk>", "<s>", "</s>", *ADDED_TOKENS]
+    specials = ["<unk>", "<s>", "</s>", *vocab.added]
     # add_special_tokens marks them special; the `special=` keyword would be an
     # unknown option for tokenizers 0.13 (transformers 4.30).
     tokenizer.add_special_tokens([AddedToken(t, normalized=False) for t in specials])
@@ -430,7 +435,7 @@ def _portable_tokenizer_json(tokenizer: Any) -> dict[str, Any]:
     return data
 
 
-def _tokenizer_config(vocab: _Vocab) -> dict[str, Any]:
+def _tokenizer_config(vocab: _Vocab, max_length: int = MAX_POSITIONS) -> dict[str, Any]:
     decoder = {
         str(i): {
             "content": piece,
@@ -455,24 +460,26 @@ def _tokenizer_config(vocab: _Vocab) -> dict[str, Any]:
         "unk_token": "<unk>",
         "pad_token": "</s>",
         "clean_up_tokenization_spaces": False,
-        "model_max_length": MAX_POSITIONS,
+        "model_max_length": max_length,
         "sp_model_kwargs": {},
         "added_tokens_decoder": decoder,
-        "additional_special_tokens": list(ADDED_TOKENS),
+        "additional_special_tokens": list(vocab.added),
     }
 
 
-def _save_tokenizer(hf_dir: Path, vocab: _Vocab, tokenizer: Any) -> None:
+def _save_tokenizer(
+    hf_dir: Path, vocab: _Vocab, tokenizer: Any, max_length: int = MAX_POSITIONS
+) -> None:
     hf_dir.mkdir(parents=True, exist_ok=True)
     (hf_dir / "tokenizer.model").write_bytes(vocab.sp_model)
     _write_json(hf_dir / "tokenizer.json", _portable_tokenizer_json(tokenizer))
-    _write_json(hf_dir / "tokenizer_config.json", _tokenizer_config(vocab))
+    _write_json(hf_dir / "tokenizer_config.json", _tokenizer_config(vocab, max_length))
     special_map = {
         "bos_token": "<s>",
         "eos_token": "</s>",
         "unk_token": "<unk>",
         "pad_token": "</s>",
-        "additional_special_tokens": list(ADDED_TOKENS),
+        "additional_special_tokens": list(vocab.added),
     }
     _write_json(hf_dir / "special_tokens_map.json", special_map)
 
@@ -484,7 +491,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- model
 
 
-def tiny_config(vocab_size: int, hidden_act: str = "mish") -> Any:
+def tiny_config(
+    vocab_size: int, hidden_act: str = "mish", max_positions: int = MAX_POSITIONS
+) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -494,7 +503,7 @@ def tiny_config(vocab_size: int, hidden_act: str = "mish") -> Any:
         num_hidden_layers=LAYERS,
         num_attention_heads=HEADS,
         num_key_value_heads=HEADS,
-        max_position_embeddings=MAX_POSITIONS,
+        max_position_embeddings=max_positions,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
         hidden_act=hidden_act,
@@ -518,16 +527,16 @@ def _encode_samples(
 
 
 def _batches(
-    encoded: Sequence[tuple[list[int], int]], steps: int, rng: random.Random
+    encoded: Sequence[tuple[list[int], int]], steps: int, rng: random.Random, batch: int = BATCH
 ) -> Iterator[tuple[Any, Any, Any]]:
     import torch
 
     for _ in range(steps):
-        chosen = rng.sample(encoded, BATCH)
+        chosen = rng.sample(encoded, batch)
         width = max(len(ids) for ids, _ in chosen)
-        input_ids = torch.full((BATCH, width), 2, dtype=torch.long)
-        labels = torch.full((BATCH, width), -100, dtype=torch.long)
-        mask = torch.zeros((BATCH, width), dtype=torch.long)
+        input_ids = torch.full((batch, width), 2, dtype=torch.long)
+        labels = torch.full((batch, width), -100, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
         for row, (ids, start) in enumerate(chosen):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
@@ -536,21 +545,29 @@ def _batches(
         yield input_ids, mask, labels
 
 
-def _train(vocab_size: int, encoded: Sequence[tuple[list[int], int]], seed: int, steps: int) -> Any:
+def _train(
+    vocab_size: int,
+    encoded: Sequence[tuple[list[int], int]],
+    seed: int,
+    steps: int,
+    *,
+    batch: int = BATCH,
+    max_positions: int = MAX_POSITIONS,
+) -> Any:
     import torch
     from transformers import LlamaForCausalLM
 
     rng = random.Random(seed + 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(tiny_config(vocab_size))
+        model = LlamaForCausalLM(tiny_config(vocab_size, max_positions=max_positions))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=LEARNING_RATE, total_steps=max(steps, 2), pct_start=0.1
     )
     loss_value = float("nan")
-    for step, (input_ids, mask, labels) in enumerate(_batches(encoded, steps, rng)):
+    for step, (input_ids, mask, labels) in enumerate(_batches(encoded, steps, rng, batch)):
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -804,6 +821,174 @@ def tiny_model_cached(cache_dir: Path, *, seed: int = 0) -> TinyModel:
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(cache_dir)
     return _layout(cache_dir)
+
+
+# ------------------------------------------------------------------ tiny TIPO model
+#
+# The same tiny LLaMA, trained briefly on text in TIPO's format (dtg_lib.tipo_format
+# writes every input), with TIPO's special tokens and not DTG's `<|input_end|>`: a
+# model whose family is read as "tipo" and that answers with `tag:` / `long:` text.
+
+# Bump whenever a TIPO build's output changes; the DTG build has its own RECIPE_VERSION.
+TIPO_RECIPE_VERSION = 1
+TIPO_ADDED_TOKENS = (
+    *(f"<|{word}|>" for word in TARGET_WORDS),
+    "<|short_to_tag|>",
+    "<|short_to_tag_to_long|>",
+    "<|tag_to_long|>",
+    "<|tag_to_long_to_short|>",
+    "<|tag_to_short|>",
+    "<|tag_to_short_to_long|>",
+    "<|long_to_tag|>",
+    "<|gen_meta|>",
+)
+TIPO_CONTEXT = 1024  # as TIPO v1
+TIPO_SP_VOCAB_SIZE = 700
+TIPO_TRAIN_SAMPLES = 1200
+TIPO_TRAIN_STEPS = 90
+TIPO_BATCH = 16
+_TIPO_SIZES = ((1024, 1024), (832, 1216), (1216, 832), (768, 1344))
+_SUBJECTS = {"1girl": "girl", "1boy": "boy", "2girls": "two girls", "multiple girls": "girls"}
+
+
+@dataclass(frozen=True)
+class TinyTipoModel:
+    """Where one TIPO build put its files."""
+
+    hf_dir: Path
+    gguf_f16: Path
+
+    @property
+    def root(self) -> Path:
+        return self.hf_dir.parent
+
+
+def _tipo_layout(out_dir: Path) -> TinyTipoModel:
+    return TinyTipoModel(hf_dir=out_dir / "hf", gguf_f16=out_dir / "tiny-tipo-f16.gguf")
+
+
+def _tipo_caption(rng: random.Random, special: Sequence[str], tags: Sequence[str]) -> str:
+    """A short made-up caption of some of the tags, one to three sentences."""
+    subject = next((_SUBJECTS[t] for t in special if t in _SUBJECTS), "character")
+    picked = rng.sample(list(tags), min(len(tags), rng.randint(1, 3)))
+    return " ".join(f"The {subject} has {tag}." for tag in picked) or f"A {subject}."
+
+
+def make_tipo_sample(rng: random.Random, pools: dict[str, list[str]]) -> tuple[str, str]:
+    """One TIPO training example: a model input from dtg_lib.tipo_format and what follows.
+
+    Three kinds: continue the `tag` section, write the `long` caption of the tags, and
+    continue the tags of a short caption (`short_to_tag`).
+    """
+    from dtg_lib.categories import Category
+    from dtg_lib.tipo_format import TipoPass, TipoRequest, build_model_input
+
+    length = rng.choice(TARGET_WORDS)
+    low, high = _NEW_TAGS[length]
+    tags = list(dict.fromkeys(rng.choices(GENERAL_TAGS, k=rng.randint(low, high) + 3)))
+    given = rng.randint(0, 3)
+    special = _special_tags(rng)
+    width, height = rng.choice(_TIPO_SIZES)
+    header: dict[Category, list[str]] = {Category.RATING: [rng.choice(RATINGS)]}
+    if rng.random() < 0.3:
+        header[Category.ARTIST] = [rng.choice(pools["artist"])]
+    if rng.random() < 0.3:
+        header[Category.QUALITY] = rng.sample(QUALITY_TAGS, rng.randint(1, 2))
+    known = {**header, Category.SPECIAL: special, Category.GENERAL: tags[:given]}
+    kind = rng.choice(("tag", "tag", "long", "short_to_tag"))
+    if kind == "long":
+        request = TipoRequest(tags={**known, Category.GENERAL: tags}, width=width, height=height)
+        step = TipoPass("tag_to_long", length, expand=False)
+        return build_model_input(request, step), " " + _tipo_caption(rng, special, tags)
+    text = _tipo_caption(rng, special, tags[:given]) if kind == "short_to_tag" else ""
+    request = TipoRequest(tags=known, text=text, width=width, height=height)
+    operation = "short_to_tag" if kind == "short_to_tag" else None
+    prompt = build_model_input(request, TipoPass(operation, length, expand=True))
+    new = ", ".join(tags[given:])
+    if prompt.endswith(("tag:", "tag: ")) or not request.tag_section():
+        # No tags given: the model opens the `tag` section itself.
+        return prompt, ("\ntag: " if "\ntag:" not in prompt else " ") + new
+    return prompt, ", " + new
+
+
+def build_tiny_tipo_model(
+    out_dir: Path, *, seed: int = 0, steps: int = TIPO_TRAIN_STEPS
+) -> TinyTipoModel:
+    """Train the tiny TIPO-format model and write its HF folder and f16 GGUF."""
+    import torch
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    layout = _tipo_layout(out_dir)
+    rng = random.Random(seed)
+    pools, source = _name_pools(rng)
+    samples = [make_tipo_sample(rng, pools) for _ in range(TIPO_TRAIN_SAMPLES)]
+    sp_model = _train_sentencepiece(samples, TIPO_SP_VOCAB_SIZE, TIPO_ADDED_TOKENS)
+    vocab = _vocab_from_sentencepiece(sp_model, TIPO_ADDED_TOKENS)
+    tokenizer = build_hf_tokenizer(vocab)
+    _save_tokenizer(layout.hf_dir, vocab, tokenizer, TIPO_CONTEXT)
+    encoded = _encode_samples(tokenizer, samples)
+    model = _train(vocab.size, encoded, seed, steps, batch=TIPO_BATCH, max_positions=TIPO_CONTEXT)
+    _save_hf(model, layout.hf_dir)
+    with torch.no_grad():
+        state = dict(model.state_dict())
+    write_gguf(layout.gguf_f16, state, model.config, vocab, "f16", name="tiny-tipo")
+    info = {
+        "recipe": TIPO_RECIPE_VERSION,
+        "seed": seed,
+        "steps": steps,
+        "names": source,
+        "vocab_size": vocab.size,
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+    _write_json(out_dir / BUILD_INFO, info)
+    log.info("tiny TIPO model built in %.1fs at %s", info["build_seconds"], out_dir)
+    return layout
+
+
+def _tipo_build_matches(out_dir: Path, seed: int) -> bool:
+    layout = _tipo_layout(out_dir)
+    files = (layout.gguf_f16, layout.hf_dir / "model.safetensors")
+    info = _read_build_info(out_dir)
+    return (
+        info.get("recipe") == TIPO_RECIPE_VERSION
+        and info.get("seed") == seed
+        and info.get("steps") == TIPO_TRAIN_STEPS
+        and all(f.is_file() for f in files)
+    )
+
+
+def _read_build_info(out_dir: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((out_dir / BUILD_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def tiny_tipo_model_cached(cache_dir: Path, *, seed: int = 0) -> TinyTipoModel:
+    """Reuse the TIPO build in `cache_dir` when its recipe matches, else build it there.
+
+    Give it a folder of its own (not inside the DTG model's cache, which a DTG rebuild
+    replaces whole).
+    """
+    cache_dir = Path(cache_dir)
+    if not _tipo_build_matches(cache_dir, seed):
+        staging = cache_dir.with_name(f".{cache_dir.name}.building-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        build_tiny_tipo_model(staging, seed=seed)
+        _swap_in(staging, cache_dir, _tipo_build_matches(cache_dir, seed))
+    return _tipo_layout(cache_dir)
+
+
+def _swap_in(staging: Path, cache_dir: Path, already_done: bool) -> None:
+    """Move a finished build into place, unless another process finished first."""
+    if already_done:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(cache_dir)
 
 
 BUILD_MODULES = ("torch", "transformers", "sentencepiece", "tokenizers", "gguf", "numpy")

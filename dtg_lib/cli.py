@@ -445,6 +445,13 @@ def _item_rows(classified: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _registry_line(entry: dict[str, Any]) -> str:
+    if not entry["supported"]:
+        return f"{entry['name']:<20} {entry['family']:<5} {entry['reason']}"
+    variants = ", ".join(entry["variants"])
+    return f"{entry['name']:<20} {entry['family']:<5} {entry['licence']:<20} {variants}"
+
+
 def _list_models(args: argparse.Namespace) -> int:
     from . import models
 
@@ -454,8 +461,15 @@ def _list_models(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "registry": models.model_choices(),
+                    "models": models.registry_models(),
                     "local": [
-                        {"name": m.name, "kind": m.kind, "path": str(m.path), "size": m.size}
+                        {
+                            "name": m.name,
+                            "kind": m.kind,
+                            "family": m.family,
+                            "path": str(m.path),
+                            "size": m.size,
+                        }
                         for m in local
                     ],
                 },
@@ -463,12 +477,15 @@ def _list_models(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print("Registry (downloaded on first use):")
-    for name in models.model_choices():
-        print(f"  {name}")
+    print("Registry (downloaded on first use; variants after the name, default first):")
+    for entry in models.registry_models():
+        print(f"  {_registry_line(entry)}")
     print(f"Local ({args.model_dir or models.default_model_dir()}):")
     for model in local:
-        print(f"  {model.name:<40} {model.kind:<5} {model.size / 1e6:8.1f} MB  {model.path}")
+        print(
+            f"  {model.name:<40} {model.kind:<5} {model.family:<5} "
+            f"{model.size / 1e6:8.1f} MB  {model.path}"
+        )
     if not local:
         print("  (none)")
     return 0

@@ -91,7 +91,7 @@ def _switch_format(
             f"{given} is a {spec.kind} model; the {wanted} backend cannot read it. "
             "Choose backend auto, or a model in the other format."
         )
-    variant = "hf" if wanted == "torch" else models.DEFAULT_QUANT
+    variant = "hf" if wanted == "torch" else spec.entry.default_variant
     return models.variant_spec(spec.entry, variant), wanted, notice
 
 

@@ -22,3 +22,17 @@ def tiny_model():
     from dtg_dev.tiny_model import tiny_model_cached
 
     return tiny_model_cached(TINY_MODEL_CACHE)
+
+
+TINY_TIPO_MODEL_CACHE = REPO_ROOT / ".cache" / "tiny-tipo-model"
+
+
+@pytest.fixture(scope="session")
+def tiny_tipo_model():
+    """The project's tiny TIPO-format model (HF folder + f16 GGUF), built once (~45 s)
+    and cached apart from the DTG one (`dtg_dev.tiny_model.TIPO_RECIPE_VERSION`)."""
+    for module in ("torch", "transformers", "sentencepiece", "tokenizers", "gguf", "numpy"):
+        pytest.importorskip(module, reason=f"{module} is needed to build the tiny TIPO model")
+    from dtg_dev.tiny_model import tiny_tipo_model_cached
+
+    return tiny_tipo_model_cached(TINY_TIPO_MODEL_CACHE)

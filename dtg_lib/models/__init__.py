@@ -12,6 +12,7 @@ when a download, the default folder or a GGUF check needs them.
 
 from __future__ import annotations
 
+from .family import detect_family
 from .listing import list_local_models
 from .locations import (
     checked_model_spec,
@@ -24,6 +25,8 @@ from .locations import (
 from .names import (
     DEFAULT_MODEL,
     DEFAULT_QUANT,
+    DTG_FAMILY,
+    FAMILIES,
     GGUF_FILES,
     GGUF_KIND,
     HF_KIND,
@@ -32,6 +35,7 @@ from .names import (
     KINDS,
     PICKLE_SUFFIXES,
     REGISTRY,
+    TIPO_FAMILY,
     TOKENIZER_FILES,
     CheckedModelName,
     DownloadFailed,
@@ -47,6 +51,7 @@ from .names import (
     is_registry_name,
     model_choices,
     parse_model_name,
+    registry_models,
     spec_for,
     variant_spec,
 )
@@ -56,6 +61,8 @@ from .validation import SIZES_FILE, validate_model_file
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_QUANT",
+    "DTG_FAMILY",
+    "FAMILIES",
     "GGUF_FILES",
     "GGUF_KIND",
     "HF_KIND",
@@ -65,6 +72,7 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "REGISTRY",
     "SIZES_FILE",
+    "TIPO_FAMILY",
     "TOKENIZER_FILES",
     "CheckedModelName",
     "DownloadFailed",
@@ -79,11 +87,13 @@ __all__ = [
     "ResolvedModel",
     "checked_model_spec",
     "default_model_dir",
+    "detect_family",
     "hf_cache_dir",
     "is_registry_name",
     "list_local_models",
     "model_choices",
     "parse_model_name",
+    "registry_models",
     "registry_path",
     "resolve_model",
     "safe_model_path",

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .family import detect_family
 from .locations import default_model_dir
 from .names import (
-    GGUF_FILES,
+    DTG_FAMILY,
     GGUF_KIND,
     HF_KIND,
-    REGISTRY,
     LocalModel,
     ModelEntry,
+    entry_for_repo_name,
     variant_name,
 )
 
@@ -75,18 +76,22 @@ def _looks_like_hf_folder(folder: Path) -> bool:
 
 
 def _registry_folder_entry(root: Path, folder: Path) -> ModelEntry | None:
-    if folder.parent != root or not folder.name.lower().startswith("dantaggen-"):
-        return None
-    return REGISTRY.get(folder.name.lower().removeprefix("dantaggen-"))
+    return entry_for_repo_name(folder.name) if folder.parent == root else None
+
+
+def _family(path: Path, kind: str, entry: ModelEntry | None) -> str:
+    fallback = entry.family if entry is not None else DTG_FAMILY
+    return detect_family(path, kind) or fallback
 
 
 def _gguf_model(root: Path, path: Path) -> LocalModel:
     entry = _registry_folder_entry(root, path.parent)
-    if entry is not None and path.name in GGUF_FILES.values():
+    if entry is not None and path.name in entry.gguf_files.values():
         name = variant_name(entry, GGUF_KIND, path.name)
     else:
         name = path.relative_to(root).as_posix()
-    return LocalModel(name, GGUF_KIND, path, _file_size(path))
+    family = _family(path, GGUF_KIND, entry)
+    return LocalModel(name, GGUF_KIND, path, _file_size(path), family)
 
 
 def _hf_model(root: Path, folder: Path, real_root: Path) -> LocalModel:
@@ -95,7 +100,7 @@ def _hf_model(root: Path, folder: Path, real_root: Path) -> LocalModel:
     size = sum(
         _file_size(p) for p in _visible_files(folder, real_root) if p.suffix.lower() != ".gguf"
     )
-    return LocalModel(name, HF_KIND, folder, size)
+    return LocalModel(name, HF_KIND, folder, size, _family(folder, HF_KIND, entry))
 
 
 def _file_size(path: Path) -> int:

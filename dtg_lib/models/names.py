@@ -142,6 +142,7 @@ class LocalModel:
     kind: str
     path: Path
     size: int
+    family: str = DTG_FAMILY
 
 
 class ModelError(DtgError, RuntimeError):
