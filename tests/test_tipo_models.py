@@ -240,3 +240,24 @@ def test_tiny_tipo_model_answers_in_tipo_format(tiny_tipo_model):
             )["choices"][0]
             assert out["finish_reason"] == "stop"  # it ends with EOS, as TIPO does
             assert len(dict(split_sections(given + out["text"]))[section]) > len(before)
+
+
+def test_a_tipo_model_is_refused_before_any_download_until_the_loop_speaks_tipo(
+    tmp_path, monkeypatch
+):
+    from dtg_lib import model_selection
+
+    # Downloads are allowed: a download attempt (no network in tests) would fail with
+    # another error, so this one proves the refusal comes first.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(model_selection.FamilyNotSupported, match="TIPO model") as caught:
+        model_selection.select_model("tipo-500m", model_dir=tmp_path, allow_download=True)
+    assert caught.value.http_status == 422
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_local_tipo_model_is_refused_by_its_own_tokens(tiny_tipo_model):
+    from dtg_lib import model_selection
+
+    with pytest.raises(model_selection.FamilyNotSupported, match="TIPO"):
+        model_selection.select_model(str(tiny_tipo_model.gguf_f16))
