@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .names import DTG_FAMILY, GGUF_KIND, TIPO_FAMILY, ModelError
+from .common import DTG_FAMILY, GGUF_KIND, TIPO_FAMILY, ModelError
 from .validation import _GGUFReader, _skip_gguf_value
 
 log = logging.getLogger("dtg")

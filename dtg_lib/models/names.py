@@ -16,7 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UNAVAILABLE, DtgError
+# Re-exported (`as`): the rest of the model layer and its callers name them from here too.
+from .common import DTG_FAMILY as DTG_FAMILY
+from .common import FAMILIES as FAMILIES
+from .common import GGUF_KIND as GGUF_KIND
+from .common import HF_KIND as HF_KIND
+from .common import KINDS as KINDS
+from .common import PICKLE_SUFFIXES as PICKLE_SUFFIXES
+from .common import TIPO_FAMILY as TIPO_FAMILY
+from .common import TOKENIZER_FILES as TOKENIZER_FILES
+from .common import DownloadFailed as DownloadFailed
+from .common import ModelCorrupt as ModelCorrupt
+from .common import ModelError as ModelError
+from .common import ModelNotFound as ModelNotFound
+from .common import pickle_message as pickle_message
 
 log = logging.getLogger("dtg")
 
@@ -42,9 +55,6 @@ class ProgressEvent:
 ProgressFn = Callable[[ProgressEvent], None]
 
 DEFAULT_MODEL = "delta-rev2"
-HF_KIND = "hf"
-GGUF_KIND = "gguf"
-KINDS = (GGUF_KIND, HF_KIND)
 
 # Variant suffix (matched case-insensitively) -> GGUF file in the repo; Q8_0 is the default
 # because it is close to f16 in quality at half the size.
@@ -56,11 +66,6 @@ GGUF_FILES: dict[str, str] = {
 DEFAULT_QUANT = "Q8_0"
 _HF_VARIANTS = ("hf", "transformers")
 
-# Model families: each speaks its own prompt format (dtg_format / tipo_format).
-DTG_FAMILY = "dtg"
-TIPO_FAMILY = "tipo"
-FAMILIES = (DTG_FAMILY, TIPO_FAMILY)
-
 HF_REQUIRED_FILES = ("config.json", "model.safetensors")
 HF_OPTIONAL_FILES = (
     "generation_config.json",
@@ -70,10 +75,6 @@ HF_OPTIONAL_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
 )
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
-
-# Formats that unpickle on load and can run arbitrary code: never loaded.
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
 
 @dataclass(frozen=True)
@@ -143,24 +144,6 @@ class LocalModel:
     path: Path
     size: int
     family: str = DTG_FAMILY
-
-
-class ModelError(DtgError, RuntimeError):
-    """A model cannot be used; the message names it and says what to do."""
-
-    http_status = UNAVAILABLE
-
-
-class ModelNotFound(ModelError):
-    """The model is neither known nor on disk (and could not be downloaded)."""
-
-
-class ModelCorrupt(ModelError):
-    """A model file is truncated, damaged or of the wrong kind."""
-
-
-class DownloadFailed(ModelError):
-    """Fetching a model from the hub failed; nothing partial was left in place."""
 
 
 # The DanTagGen model card (alpha) declares licence "openrail"; the later generations
@@ -397,7 +380,7 @@ def _find_local_path(text: str, model_dir: Path | None) -> Path | None:
 
 
 def local_spec(path: Path) -> ModelSpec:
-    from .family import detect_family  # reads files through validation, which imports us
+    from .family import detect_family  # it reads files; names stays light to import
 
     kind = _local_kind(path)
     entry = _entry_from_layout(path)
@@ -463,10 +446,3 @@ def _unknown_name_message(text: str, model_dir: Path | None) -> str:
         where = f" (also looked in {model_dir})" if model_dir is not None else ""
         return f"No model file or folder at {text!r}{where}. {choices_text()}"
     return f"Unknown model {text!r}. {choices_text()}"
-
-
-def pickle_message(path: Path) -> str:
-    return (
-        f"{path} is a pickle-based checkpoint ({path.suffix}); these can run code when loaded, "
-        "so they are never loaded. Use the .gguf files or the .safetensors weights instead."
-    )

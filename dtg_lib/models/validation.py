@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
-from .names import (
+from .common import (
     GGUF_KIND,
     KINDS,
     PICKLE_SUFFIXES,
