@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import itertools
+import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +135,151 @@ def new_text(tokenizer: Any, tokens: list[int]) -> str:
     return text
 
 
+# safetensors' names of the element types, as torch names them.
+SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+# A safetensors header is a few hundred bytes a tensor; anything near this is not one.
+MAX_HEADER_BYTES = 100_000_000
+# Converted tensors are read through a buffer of this size.
+READ_CHUNK_BYTES = 16 << 20
+READ_THREADS = min(4, os.cpu_count() or 1)
+
+
+def weight_files(folder: Path) -> list[Path] | None:
+    """The safetensors files transformers would load from the folder, or None if it has neither
+    a model.safetensors nor a shard index (then transformers' own loader gives the error)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"{index} is not a shard index: {exc}") from exc
+        if any(not isinstance(name, str) or Path(name).name != name for name in names):
+            raise ModelLoadError(f"{index} names a shard outside its folder")
+        return [folder / name for name in names]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else None
+
+
+def read_weights(torch: Any, files: Sequence[Path], dtype: Any) -> dict[str, Any]:
+    """Every tensor of the files, floating-point ones in `dtype`, in memory torch allocated.
+
+    Each tensor is read (not memory-mapped), a converted one a chunk at a time, so the
+    peak is the weights in `dtype` plus a chunk a thread: transformers maps the whole
+    file and keeps its pages resident until the end of the load, which for an fp32
+    file loaded in bf16 is the fp32 file plus the bf16 weights. Being torch's own memory,
+    the tensors also need no copy against a file truncated later (see own_weights).
+    Tensors are read by READ_THREADS threads at once, each with its own file handle
+    and buffer: one thread leaves the cores idle while it copies from the page cache.
+    """
+    jobs: list[tuple[Path, str, dict[str, Any]]] = []
+    for path in files:
+        with open(path, "rb") as handle:
+            jobs += [(path, name, entry) for name, entry in _safetensors_entries(path, handle)]
+    buffers = threading.local()  # each thread's chunk, reused across its tensors
+
+    def read(job: tuple[Path, str, dict[str, Any]]) -> Any:
+        path, _, entry = job
+        if not hasattr(buffers, "chunk"):
+            buffers.chunk = torch.empty(READ_CHUNK_BYTES, dtype=torch.uint8)
+        with open(path, "rb") as handle:
+            return _read_tensor(torch, _Source(path, handle, buffers.chunk), entry, dtype)
+
+    if READ_THREADS <= 1:
+        tensors = [read(job) for job in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            tensors = list(pool.map(read, jobs))
+    return {name: tensor for (_, name, _), tensor in zip(jobs, tensors)}
+
+
+class _Source:
+    """An open safetensors file and the buffer that converted tensors pass through."""
+
+    def __init__(self, path: Path, handle: Any, chunk: Any):
+        self.path, self.handle, self.chunk = path, handle, chunk
+
+    def read_into(self, target: Any, begin: int) -> None:
+        """Fill a flat uint8 tensor with the file's bytes from `begin`.
+
+        Through ctypes, not target.numpy(): a storage numpy has seen is marked not
+        resizable, which own_weights would take for a file mapping and copy.
+        """
+        size = target.numel()
+        if size == 0:
+            return
+        self.handle.seek(begin)
+        window = (ctypes.c_ubyte * size).from_address(target.data_ptr())
+        if self.handle.readinto(window) != size:
+            raise ModelLoadError(f"{self.path} ended while it was being read")
+
+
+def _safetensors_entries(path: Path, handle: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(name, entry) for each tensor, with data_offsets made absolute and checked."""
+    size = os.fstat(handle.fileno()).st_size
+    head = handle.read(8)
+    length = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+        raise ModelLoadError(f"{path} is not a safetensors file (or it is truncated)")
+    try:
+        header = json.loads(handle.read(length))
+        entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+        for _, entry in entries:
+            begin, end = (8 + length + int(offset) for offset in entry["data_offsets"])
+            if not 8 + length <= begin <= end:
+                raise ValueError(f"bad data_offsets {entry['data_offsets']}")
+            entry["data_offsets"] = (begin, end)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"{path} has a broken safetensors header: {exc}") from exc
+    needed = max((entry["data_offsets"][1] for _, entry in entries), default=0)
+    if needed > size:
+        raise ModelLoadError(
+            f"{path} is truncated ({size:,} of {needed:,} bytes): download it again"
+        )
+    return entries
+
+
+def _read_tensor(torch: Any, source: _Source, entry: dict[str, Any], dtype: Any) -> Any:
+    name = SAFETENSORS_DTYPES.get(str(entry.get("dtype")))
+    if name is None:
+        raise ModelLoadError(f"{source.path} holds a tensor of type {entry.get('dtype')!r}")
+    stored = getattr(torch, name)
+    shape = [int(n) for n in entry["shape"]]
+    begin, end = entry["data_offsets"]
+    count = math.prod(shape)
+    if count * _element_size(torch, stored) != end - begin:
+        raise ModelLoadError(f"{source.path}: a tensor's bytes do not match its shape {shape}")
+    if not stored.is_floating_point or stored == dtype:
+        raw = torch.empty(end - begin, dtype=torch.uint8)
+        source.read_into(raw, begin)
+        return raw.view(stored).reshape(shape)
+    # Converted a chunk at a time: the tensor as stored never exists whole.
+    out = torch.empty(count, dtype=dtype)
+    itemsize = (end - begin) // max(count, 1)
+    per_chunk = source.chunk.numel() // itemsize
+    for first in range(0, count, per_chunk):
+        n = min(per_chunk, count - first)
+        part = source.chunk[: n * itemsize]
+        source.read_into(part, begin + first * itemsize)
+        out[first : first + n].copy_(part.view(stored))
+    return out.reshape(shape)
+
+
+def _element_size(torch: Any, dtype: Any) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
 def own_weights(torch: Any, model: Any) -> int:
     """Copy each weight that is still a view of a memory-mapped file into memory of its own.
 
@@ -170,6 +319,8 @@ class TorchBackend:
     """One loaded Hugging Face model; calls are serialised with a lock."""
 
     name = "torch"
+    # Torch runs where it is asked or refuses (check_device), so it has nothing to tell.
+    notices: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -218,17 +369,32 @@ class TorchBackend:
         common = {"local_files_only": True, "trust_remote_code": False}
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path, **common)
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                self.model_path,
-                use_safetensors=True,
-                **{dtype_keyword(transformers): self.dtype},
-                **common,
-            )
+            model = self._load_model(common)
+        except ModelLoadError:
+            raise
         except _load_errors() as exc:
             raise ModelLoadError(f"transformers could not load {self.model_path}: {exc}") from exc
+        # Half precision is read into the CPU's memory first, so no fp32 copy reaches the GPU.
         model = model.to(self.device).eval()
         own_weights(self._torch, model)
         return tokenizer, model
+
+    def _load_model(self, common: dict[str, Any]) -> Any:
+        """The model in self.dtype, its weights read by read_weights: never all of them in fp32
+        when a half-precision model is asked of an fp32 file, nor twice in fp32."""
+        transformers = self._transformers
+        dtype = {dtype_keyword(transformers): self.dtype}
+        files = weight_files(self.model_path)
+        if files is None:
+            return transformers.AutoModelForCausalLM.from_pretrained(
+                self.model_path, use_safetensors=True, **dtype, **common
+            )
+        config = transformers.AutoConfig.from_pretrained(self.model_path, **common)
+        # The class itself: the Auto class wants a folder, and a folder and a
+        # state dict together are refused by transformers 5.
+        model_class = transformers.MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        state = read_weights(self._torch, files, self.dtype)
+        return model_class.from_pretrained(None, config=config, state_dict=state, **dtype)
 
     def _current_model(self) -> tuple[Any, Any]:
         """The open tokenizer and model, reloaded first when a file of the folder changed.
