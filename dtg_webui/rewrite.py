@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dtg_lib.errors import DtgError
+from dtg_lib.http_api import public_text
 from dtg_lib.settings import TIMINGS, SettingsError, UpsampleSettings
 
 from . import engine, host
@@ -305,7 +306,12 @@ def _note_error(p: Any, message: str) -> None:
 
 
 def _tell(p: Any, key: str, text: str, comment_tail: str = "") -> None:
-    """Into the infotext under `key`, and under the image as a comment where the host has them."""
+    """Into the infotext under `key`, and under the image as a comment where the host has them.
+
+    The infotext travels inside every saved image, so it names no folder of this machine
+    (the model folder, the hub cache, the home folder), as the HTTP answers do not.
+    """
+    text = public_text(text, host.config().model_dir)
     p.extra_generation_params[key] = text
     comment = getattr(p, "comment", None)
     if callable(comment):

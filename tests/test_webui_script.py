@@ -543,3 +543,21 @@ def test_paste_without_a_recorded_original_leaves_dtg_off(webui):
     pasted = webui.paste(text)
     assert pasted["Prompt"] == "1girl, dtg 3"
     assert _paste_getters(webui)[0](pasted) is False
+
+
+def test_the_infotext_names_no_folder_of_this_machine(webui, tmp_path, monkeypatch):
+    # Saved images carry the infotext: an error naming a model file says where it is
+    # relative to the model folder, never the folder itself.
+    models_root = tmp_path / "webui-models"
+    monkeypatch.setattr(importlib.import_module("modules.paths"), "models_path", str(models_root))
+    folder = models_root / "dtg"
+    missing = folder / "nowhere.gguf"
+
+    def failing(prompts, settings, seeds, width=1024, height=1024):
+        raise RuntimeError(f"cannot read {missing}")
+
+    webui.engine.upsample_many = failing
+    processed = webui.run(webui.txt2img(on(), prompt="1girl", seed=1))
+    error = params(processed.infotexts[0])[ERROR_KEY]
+    assert "nowhere.gguf" in error
+    assert str(tmp_path) not in error and "<model folder>" in error
