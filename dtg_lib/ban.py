@@ -11,6 +11,7 @@ out, over 10,000 characters, or nested over 20 deep) is refused with a BanListEr
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import string
@@ -63,9 +64,42 @@ def _matches(pattern: Any, text: str) -> bool:
         return False
 
 
+# A whole list is bounded too: each entry alone may be cheap while thousands of them
+# are not (1,500 entries of `/(?:a{90}){100}N/` once took 2.3 GB). Past 1,000 entries a
+# list is no ban list but a mistake, and the /regex/ entries together may write out to
+# at most 20,000 characters (about 15 MB and 0.1 s to compile at the costliest).
+MAX_ENTRIES = 1_000
+MAX_LIST_WRITTEN_OUT_LENGTH = 20_000
+
+
+@functools.lru_cache(maxsize=16)
 def compile_ban_list(text: str) -> BanList:
+    """The compiled list; the same text (checked in settings, used by the loop) compiles once."""
     entries = tuple(_entries(text))
+    if len(entries) > MAX_ENTRIES:
+        raise BanListError(f"the ban list has {len(entries):,} entries; at most {MAX_ENTRIES:,}")
+    _check_list_cost(entries)
     return BanList(entries, tuple(_compile(entry) for entry in entries))
+
+
+def _check_list_cost(entries: tuple[str, ...]) -> None:
+    """Refuse a list whose /regex/ entries together cost too much, before compiling any."""
+    total = 0
+    for entry in entries:
+        if _is_regex_entry(entry) and len(entry) <= MAX_PATTERN_LENGTH:
+            try:
+                total += regex_written_out_length(entry[1:-1])
+            except _TooCostly:
+                continue  # that entry's own error comes when it is compiled
+        if total > MAX_LIST_WRITTEN_OUT_LENGTH:
+            raise BanListError(
+                "the ban list's /regex/ entries are too complex together: their repeat counts, "
+                f"multiplied out, pass {MAX_LIST_WRITTEN_OUT_LENGTH:,} characters"
+            )
+
+
+def _is_regex_entry(entry: str) -> bool:
+    return len(entry) >= 2 and entry.startswith("/") and entry.endswith("/")
 
 
 def _entries(text: str) -> Iterator[str]:
@@ -104,7 +138,7 @@ def _regex_end(text: str, start: int) -> int:
 def _compile(entry: str) -> Any:
     if len(entry) > MAX_PATTERN_LENGTH:
         raise BanListError(f"ban list entry is longer than {MAX_PATTERN_LENGTH} characters")
-    if len(entry) >= 2 and entry.startswith("/") and entry.endswith("/"):
+    if _is_regex_entry(entry):
         return _compile_regex(entry, entry[1:-1])
     # Written as Danbooru spells the tag (`\m/`) or as a webui prompt escapes it
     # (`ganyu \(genshin impact\)`): either spelling bans it.
@@ -164,11 +198,17 @@ def regex_cost_problem(source: str) -> str | None:
     and errs high where a pattern is malformed, which the engine then refuses anyway.
     Version 1 (`(?V1)`, or a host's default) reads [sets] differently: both are measured.
     """
-    for version1 in (False, True):
-        problem = _Reading(source, version1).problem()
-        if problem:
-            return problem
+    try:
+        regex_written_out_length(source)
+    except _TooCostly as exc:
+        return str(exc)
     return None
+
+
+def regex_written_out_length(source: str) -> int:
+    """`source`'s length with every counted repeat written out (the larger of the two
+    readings); raises _TooCostly past the limits."""
+    return max(_Reading(source, version1).measure() for version1 in (False, True))
 
 
 class _TooCostly(Exception):
@@ -210,16 +250,14 @@ class _Reading:
         self.pos = 0
         self.groups = [_Group(verbose=False)]
 
-    def problem(self) -> str | None:
-        try:
-            while self._more():
-                self._step()
-            while len(self.groups) > 1:  # unclosed: the engine refuses it, but measure it
-                self._close()
-            self._check_size(self.groups[0].size)
-        except _TooCostly as exc:
-            return str(exc)
-        return None
+    def measure(self) -> int:
+        """The written-out length; raises _TooCostly past the limits."""
+        while self._more():
+            self._step()
+        while len(self.groups) > 1:  # unclosed: the engine refuses it, but measure it
+            self._close()
+        self._check_size(self.groups[0].size)
+        return self.groups[0].size
 
     def _step(self) -> None:
         start, char = self.pos, self.text[self.pos]

@@ -36,3 +36,13 @@ def tiny_tipo_model():
     from dtg_dev.tiny_model import tiny_tipo_model_cached
 
     return tiny_tipo_model_cached(TINY_TIPO_MODEL_CACHE)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ban_list_cache():
+    """Compiled ban lists are cached per text; a test that swaps the regex engine must not
+    find an earlier test's compiled list."""
+    from dtg_lib.ban import compile_ban_list
+
+    compile_ban_list.cache_clear()
+    yield

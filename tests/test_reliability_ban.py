@@ -378,3 +378,45 @@ def test_no_pattern_is_read_as_cheaper_than_the_engine_reads_it(monkeypatch, lim
             refused += 1
             assert regex_cost_problem(pattern) is not None, (pattern, sizes)
     assert checked > 300 and refused > 30, (checked, refused)  # the sample means something
+
+
+# ------------------------------------------------------------------- the whole list
+
+
+def test_many_cheap_entries_are_refused_together_before_compiling():
+    # Each entry alone passes; 1,500 of them once took 2.3 GB (a later adversarial pass),
+    # which the entry count alone now refuses. 150 stay under that count.
+    entries = ",".join(f"/(?:a{{90}}){{100}}{i}/" for i in range(150))
+    outcome = run_capped(
+        f"""
+        from dtg_lib.ban import BanListError, compile_ban_list
+        before, start = peak_kb(), time.perf_counter()
+        try:
+            compile_ban_list({entries!r})
+            message = None
+        except BanListError as exc:
+            message = str(exc)
+        seconds = time.perf_counter() - start
+        print(json.dumps({{"message": message, "seconds": seconds, "kb": peak_kb() - before}}))
+        """
+    )
+    assert outcome["message"] is not None and "too complex together" in outcome["message"]
+    assert outcome["seconds"] < 5 * SECONDS
+    assert outcome["kb"] < 64 * 1024
+
+
+def test_a_list_of_more_entries_than_any_ban_list_needs_is_refused():
+    with pytest.raises(BanListError, match="1,001 entries; at most 1,000"):
+        compile_ban_list(", ".join(f"tag {i}" for i in range(1001)))
+
+
+def test_a_long_realistic_list_still_compiles():
+    text = ", ".join([*(f"tag {i}" for i in range(300)), "/.*(hat|cap)$/", "/.{3,20}_ears/"])
+    banned = compile_ban_list(text)
+    assert banned.bans("tag 299") and banned.bans("witch hat") and banned.bans("cat_ears")
+    assert not banned.bans("long hair")
+
+
+def test_the_same_list_is_compiled_once():
+    text = "hat, /.*(cap|hood)$/, unique entry for the cache test"
+    assert compile_ban_list(text) is compile_ban_list(text)
