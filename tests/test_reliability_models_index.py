@@ -210,6 +210,34 @@ def test_a_model_file_replaced_while_loaded_is_reloaded(tiny_model, tmp_path: Pa
         backend.close()
 
 
+def test_a_model_file_swapped_for_a_link_elsewhere_is_not_reloaded(
+    tiny_model, tmp_path: Path
+) -> None:
+    # The model folder check runs when a request names a model; a reload must not
+    # follow a file swapped for a link to a model nobody checked (a second adversarial pass).
+    pytest.importorskip("llama_cpp")
+    from dtg_lib.backends import ModelLoadError
+    from dtg_lib.backends.llama_cpp import LlamaCppBackend
+    from dtg_lib.settings import SamplingSettings
+
+    folder, outside = tmp_path / "models", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    model = folder / "tiny.gguf"
+    model.write_bytes(tiny_model.gguf_f16.read_bytes())
+    elsewhere = outside / "other.gguf"
+    elsewhere.write_bytes(tiny_model.gguf_f32.read_bytes())
+    backend = LlamaCppBackend(model)
+    try:
+        backend.generate("1girl", SamplingSettings(max_new_tokens=4), seed=1)
+        model.unlink()
+        model.symlink_to(elsewhere)
+        with pytest.raises(ModelLoadError, match="now leads to another file"):
+            backend.generate("1girl", SamplingSettings(max_new_tokens=4), seed=1)
+    finally:
+        backend.close()
+
+
 # --- a tag index corrupted again and again ------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,11 +93,12 @@ class BatchBackend(Backend, Protocol):
     ) -> list[Generation]: ...
 
 
-FileStamp = tuple[tuple[str, int, int, int], ...]
+FileStamp = tuple[tuple[str, str, int, int, int], ...]
 
 
 def file_stamp(path: Path) -> FileStamp:
-    """Name, size, mtime and inode of a model file, or of each file directly in a model folder.
+    """Name, real path, size, mtime and inode of a model file, or of each file directly in a
+    model folder.
 
     Backends compare it before each generation: a file rewritten, truncated or
     replaced since the model was loaded has another stamp, and is reloaded (or
@@ -104,10 +106,21 @@ def file_stamp(path: Path) -> FileStamp:
     """
     try:
         files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        stats = [(f.name, f.stat()) for f in files]
+        stats = [(f.name, os.path.realpath(f), f.stat()) for f in files]
     except OSError:
         return ()  # gone or unreadable: differs from any stamp taken at load
-    return tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
+    return tuple((name, real, st.st_size, st.st_mtime_ns, st.st_ino) for name, real, st in stats)
+
+
+def leads_elsewhere(loaded: FileStamp, now: FileStamp) -> bool:
+    """Whether a file of the model now leads to another place than when it was loaded.
+
+    A model is checked to lie inside the model folder when a request names it, not when
+    a backend reloads it; so a reload must not follow a file that was swapped for a link
+    to somewhere else since (it would load a model nobody checked).
+    """
+    before = {name: real for name, real, *_ in loaded}
+    return any(name in before and before[name] != real for name, real, *_ in now)
 
 
 def fold_seed(seed: int) -> int:

@@ -20,6 +20,7 @@ from .base import (
     Stopwatch,
     file_stamp,
     fold_seed,
+    leads_elsewhere,
     new_token_budget,
     normalize_device,
 )
@@ -225,8 +226,14 @@ class LlamaCppBackend:
         loads raises ModelLoadError and leaves the backend closed.
         """
         llm = self._require_open()
-        if file_stamp(self.model_path) == self._stamp:
+        stamp = file_stamp(self.model_path)
+        if stamp == self._stamp:
             return llm
+        if leads_elsewhere(self._stamp, stamp):
+            raise ModelLoadError(
+                f"{self.model_path} now leads to another file than the one loaded; "
+                "it is not reloaded (name the model again to load what it is now)"
+            )
         log.warning("model file %s changed since it was loaded; reloading it", self.model_path)
         self._llm, self._evaluated, self._marker_id = None, None, _UNSET
         _close_llama(llm)

@@ -24,6 +24,7 @@ from .base import (
     ModelLoadError,
     Stopwatch,
     file_stamp,
+    leads_elsewhere,
     new_token_budget,
     normalize_device,
 )
@@ -403,8 +404,14 @@ class TorchBackend:
         loads raises ModelLoadError and leaves the backend closed.
         """
         loaded = self._require_open()
-        if file_stamp(self.model_path) == self._stamp:
+        stamp = file_stamp(self.model_path)
+        if stamp == self._stamp:
             return loaded
+        if leads_elsewhere(self._stamp, stamp):
+            raise ModelLoadError(
+                f"a file of {self.model_path} now leads to another file than the one loaded; "
+                "it is not reloaded (name the model again to load what it is now)"
+            )
         log.warning("model folder %s changed since it was loaded; reloading it", self.model_path)
         self._model = self._tokenizer = None
         self._steps.clear()
