@@ -14,7 +14,7 @@ escapes), and new tags are escaped for webui syntax.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .categories import Category, raw_key
 from .dtg_format import ClassifiedPrompt
@@ -27,7 +27,9 @@ FORMAT_PRESETS: dict[str, str] = {
         "<|special|>, <|characters|>, <|copyrights|>,\n"
         "<|artist|>,\n\n"
         "<|general|>,\n\n"
-        "<|quality|>, <|meta|>, <|rating|>"
+        "<|quality|>, <|meta|>, <|rating|>\n\n"
+        # TIPO's sentences, after the tags as z-tipo-extension writes them; empty for DTG.
+        "<|extended|>\n\n<|generated|>"
     ),
     "one line": (
         "<|special|>, <|characters|>, <|copyrights|>, <|artist|>, "
@@ -46,10 +48,14 @@ SLOTS: dict[Category, str] = {
     Category.META: "meta",
     Category.RATING: "rating",
 }
+# Slots for a TIPO model's sentences: the natural-language prompt with its extension
+# (`extended`) and the long caption it wrote (`generated`). Written as given, never split.
+SENTENCE_SLOTS: tuple[str, ...] = ("extended", "generated")
 _PLACEHOLDER = re.compile(r"<\|([A-Za-z_]+)\|>")
 # What the webui reads as the weight of a whole AND part when the part ends with it,
 # as a new tag such as ":3" or ">:3" would.
 _PART_WEIGHT_END = re.compile(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
+_SENTENCE_END = "\x01"  # marks a filled slot that ends a sentence
 _STRUCTURE = (ItemKind.BREAK, ItemKind.AND, ItemKind.PART_WEIGHT)
 
 
@@ -73,9 +79,10 @@ def resolve_format(name_or_template: str) -> str:
             f"format {name_or_template!r} is neither a preset ({', '.join(FORMAT_PRESETS)}) "
             "nor a template with placeholders such as <|general|>"
         )
-    unknown = sorted({name for name in names if name not in SLOTS.values()})
+    slots = (*SLOTS.values(), *SENTENCE_SLOTS)
+    unknown = sorted({name for name in names if name not in slots})
     if unknown:
-        known = ", ".join(f"<|{slot}|>" for slot in SLOTS.values())
+        known = ", ".join(f"<|{slot}|>" for slot in slots)
         raise FormatError(
             f"unknown placeholder {', '.join(f'<|{n}|>' for n in unknown)} in the format; "
             f"the placeholders are {known}"
@@ -95,12 +102,25 @@ def new_tags_to_add(prompt: ClassifiedPrompt, new_tags: Sequence[str]) -> list[s
     return kept
 
 
-def assemble(prompt: ClassifiedPrompt, new_tags: Sequence[str], fmt: str = "default") -> str:
+def assemble(
+    prompt: ClassifiedPrompt,
+    new_tags: Sequence[str],
+    fmt: str = "default",
+    sentences: Mapping[str, str] | None = None,
+) -> str:
+    """The final prompt. `sentences` fills the SENTENCE_SLOTS (a TIPO model's texts),
+    each written as given: the caller escapes what the model wrote and keeps the
+    user's own text with its weights. Append mode adds them after the new tags."""
     template = resolve_format(fmt)
     added = [escape_tag(t) for t in new_tags_to_add(prompt, new_tags)]
+    texts = {slot: text for slot, text in (sentences or {}).items() if text.strip()}
+    unknown = sorted(set(texts) - set(SENTENCE_SLOTS))
+    if unknown:
+        raise FormatError(f"unknown sentence slot(s) {', '.join(unknown)}")
     if template == APPEND:
-        return _append(prompt.parsed.items, added)
-    return _fill_template(prompt, added, template)
+        written = [texts[slot] for slot in SENTENCE_SLOTS if slot in texts]
+        return _append(prompt.parsed.items, added + written)
+    return _fill_template(prompt, added, template, texts)
 
 
 def _append(items: Sequence[PromptItem], added: list[str]) -> str:
@@ -182,7 +202,9 @@ def _lead_in(tail: str, item_follows: bool) -> str:
     return "" if lead else " "
 
 
-def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) -> str:
+def _fill_template(
+    prompt: ClassifiedPrompt, added: list[str], template: str, texts: Mapping[str, str]
+) -> str:
     items = prompt.parsed.items
     stop = next((i for i, it in enumerate(items) if it.kind in _STRUCTURE), len(items))
     # Items from one that leaves a bracket open reach to the end of their part: they
@@ -197,7 +219,13 @@ def _fill_template(prompt: ClassifiedPrompt, added: list[str], template: str) ->
     left_out = [name for name in placeholders if name not in template]
     if left_out:
         template = f"{template}\n{', '.join(left_out)}"
-    head = _render_template(template, {k: ", ".join(v) for k, v in slots.items()})
+    # Sentences a template leaves out go last, each on its own line.
+    for slot in SENTENCE_SLOTS:
+        if slot in texts and f"<|{slot}|>" not in template:
+            template = f"{template}\n<|{slot}|>"
+    contents = {k: ", ".join(v) for k, v in slots.items()}
+    contents.update(texts)
+    head = _render_template(template, contents)
     tail = "".join(i.text for i in items[stop:]).strip()
     head = _after(head, kept) if kept else _sealed(head, tail)
     if not tail:
@@ -239,12 +267,14 @@ def _render_template(template: str, contents: dict[str, str]) -> str:
         if not value:
             return ""
         values.append(value)
-        return f"\x00{len(values) - 1}\x00"
+        # A sentence that ends with a full stop takes no comma after it (see _join_lines).
+        end = _SENTENCE_END if value.rstrip().endswith(".") else "\x00"
+        return f"\x00{len(values) - 1}{end}"
 
-    marked = _PLACEHOLDER.sub(mark, template.replace("\x00", ""))
+    marked = _PLACEHOLDER.sub(mark, template.replace("\x00", "").replace(_SENTENCE_END, ""))
     lines = [_clean_line(line) for line in marked.split("\n")]
     text = _join_lines(lines)
-    return re.sub("\x00(\\d+)\x00", lambda m: values[int(m.group(1))], text)
+    return re.sub("\x00(\\d+)[\x00\x01]", lambda m: values[int(m.group(1))], text)
 
 
 def _clean_line(line: str) -> str:
@@ -260,7 +290,8 @@ def _join_lines(lines: list[str]) -> str:
             pending_blank = bool(blocks)
             continue
         if blocks:
-            if not _is_structure(blocks[-1]) and not _is_structure(line):
+            ends = blocks[-1].endswith(_SENTENCE_END)
+            if not ends and not _is_structure(blocks[-1]) and not _is_structure(line):
                 blocks[-1] += ","
             blocks.append("\n\n" + line if pending_blank else "\n" + line)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .limits import MAX_PROMPT_CHARS, MAX_SIZE
+from .limits import MAX_NL_PROMPT_CHARS, MAX_PROMPT_CHARS, MAX_SIZE
 from .settings import TARGETS, SettingsError, UpsampleSettings
 
 if TYPE_CHECKING:
@@ -45,6 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=1024, help=f"1 to {MAX_SIZE} (default 1024)")
     parser.add_argument(
         "--target", default=UpsampleSettings.target, help=f"one of {', '.join(TARGETS)}"
+    )
+    parser.add_argument(
+        "--nl",
+        default="",
+        metavar="TEXT",
+        help="a natural-language prompt beside the tags (TIPO models; DTG models ignore it)",
+    )
+    parser.add_argument(
+        "--nl-length",
+        default=UpsampleSettings.nl_length,
+        help=f"length of the sentences a TIPO model writes: one of {', '.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--caption",
+        action="store_true",
+        help="also write a caption of the tags (TIPO models; DTG models ignore it)",
     )
     parser.add_argument(
         "--model",
@@ -93,6 +110,8 @@ def settings_from_args(args: argparse.Namespace) -> UpsampleSettings:
         "format": args.format,
         "backend": args.backend,
         "device": args.device,
+        "nl_length": args.nl_length,
+        "caption": args.caption,
     }
     if args.model is not None:
         data["model"] = args.model
@@ -202,9 +221,11 @@ def _expand(args: argparse.Namespace, logged: _LoggedMessages) -> int:
             prepared = _prepared(upsampler, args, settings)
             return _write_out(lambda: _show_dry_run(prepared, args.json))
         seed = _chosen_seed(args.seed)
+        # Passed only when given, so an upsampler of a caller's own need not take it.
+        nl = {"nl_prompt": args.nl} if args.nl else {}
         with progress_display(sys.stderr) as progress:
             result = upsampler.upsample(
-                args.prompt, settings, seed, args.width, args.height, progress=progress
+                args.prompt, settings, seed, args.width, args.height, progress=progress, **nl
             )
     except SettingsError as exc:
         print(f"error: invalid setting: {exc}", file=sys.stderr)
@@ -226,13 +247,15 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         value = getattr(args, name)
         if not 1 <= value <= MAX_SIZE:
             return f"--{name} must be a whole number from 1 to {MAX_SIZE}, got {value}"
-    if len(args.prompt) > MAX_PROMPT_CHARS:
-        return f"the prompt has {len(args.prompt)} characters; at most {MAX_PROMPT_CHARS} are read"
-    try:
-        args.prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        # Bytes the terminal's encoding could not decode arrive as lone surrogates.
-        return "the prompt is not valid text: it holds bytes that are not UTF-8"
+    texts = (("the prompt", args.prompt, MAX_PROMPT_CHARS), ("--nl", args.nl, MAX_NL_PROMPT_CHARS))
+    for what, text, limit in texts:
+        if len(text) > limit:
+            return f"{what} has {len(text)} characters; at most {limit} are read"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes the terminal's encoding could not decode arrive as lone surrogates.
+            return f"{what} is not valid text: it holds bytes that are not UTF-8"
     return None
 
 
@@ -398,10 +421,17 @@ def _upsampler(args: argparse.Namespace) -> Any:
 def _prepared(upsampler: Any, args: argparse.Namespace, settings: UpsampleSettings) -> Any:
     from . import models
 
-    quality_line = models.parse_model_name(settings.model, args.model_dir).takes_quality_line
-    return upsampler.prepare(
-        args.prompt, settings, args.width, args.height, quality_line=quality_line
+    # A registry name's family is in the registry; a local file's is read from its header.
+    spec = models.parse_model_name(settings.model, args.model_dir)
+    prepared = upsampler.prepare(
+        args.prompt, settings, args.width, args.height, quality_line=spec.takes_quality_line
     )
+    if spec.family != models.TIPO_FAMILY:
+        return prepared
+    from .tipo_loop import first_model_input, tipo_request
+
+    request = tipo_request(prepared.classified, args.nl, settings, args.width, args.height)
+    return dataclasses.replace(prepared, model_input=first_model_input(request))
 
 
 def _show_dry_run(prepared: Any, as_json: bool) -> None:

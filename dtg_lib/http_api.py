@@ -13,6 +13,14 @@ Request body of `POST /dtg/v1/upsample` (a JSON object):
               with `prompt`, one expansion of that prompt per seed; null: missing
     width, height   image size the prompt is for (default 1024 x 1024)
     settings  UpsampleSettings fields; sampling keys flat or under "sampling"
+              (a TIPO model's `nl_length` and `caption` are settings too)
+    nl_prompt   a natural-language prompt for every expansion (TIPO models; a DTG
+                model ignores it, with a notice)
+    nl_prompts  or a list of them, one per entry of `prompts` (same length)
+
+A result carries the new tags and a TIPO model's texts apart: `new_tags`,
+`extended` (the short text, the natural-language prompt extended) and
+`generated` (the long caption written).
 
 The body is parsed and checked here rather than by a pydantic model, so the
 route behaves the same under pydantic 1 (A1111 1.10) and pydantic 2 (Forge,
@@ -37,7 +45,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import models
 from .errors import CALLER_MISTAKE, FAILED, TOO_LARGE, DtgError
-from .limits import MAX_BODY_BYTES, MAX_ITEMS, MAX_PROMPT_CHARS, MAX_SIZE, REQUEST_TIMEOUT_S
+from .limits import (
+    MAX_BODY_BYTES,
+    MAX_ITEMS,
+    MAX_NL_PROMPT_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_SIZE,
+    REQUEST_TIMEOUT_S,
+)
 from .settings import SettingsError, UpsampleSettings
 from .upsampler import Cancelled
 
@@ -81,6 +96,8 @@ class UpsampleRequest:
     width: int
     height: int
     settings: UpsampleSettings
+    # One natural-language prompt per prompt (TIPO models); empty: none given.
+    nl_prompts: tuple[str, ...] = ()
     # The folder request-named models live in; messages name it without its path.
     model_dir: Path | None = None
 
@@ -291,6 +308,7 @@ def parse_request(
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object")
     known = {"prompt", "prompts", "seed", "seeds", "width", "height", "settings"}
+    known |= {"nl_prompt", "nl_prompts"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise RequestError(f"unknown field(s): {', '.join(unknown)}")
@@ -301,8 +319,31 @@ def parse_request(
         width=_size(data, "width"),
         height=_size(data, "height"),
         settings=_settings(data.get("settings"), model_dir, defaults or {}),
+        nl_prompts=_nl_prompts(data, len(prompts)),
         model_dir=Path(model_dir),
     )
+
+
+def _nl_prompts(data: dict[str, Any], count: int) -> tuple[str, ...]:
+    """One natural-language prompt per expansion; () when none is given."""
+    one, many = data.get("nl_prompt"), data.get("nl_prompts")
+    if one is not None and many is not None:
+        raise RequestError("give either nl_prompt or nl_prompts, not both")
+    if one is not None:
+        if not isinstance(one, str):
+            raise RequestError("nl_prompt must be text")
+        return (_checked_text(one, "nl_prompt", MAX_NL_PROMPT_CHARS),) * count
+    if many is None:
+        return ()
+    if data.get("prompts") is None:
+        raise RequestError("nl_prompts goes with prompts (one each); with prompt, use nl_prompt")
+    if not isinstance(many, list) or not all(isinstance(p, str) for p in many):
+        raise RequestError("nl_prompts must be a list of texts")
+    if len(many) != count:
+        raise RequestError(
+            f"{count} prompts but {len(many)} nl_prompts: give one nl_prompt per prompt"
+        )
+    return tuple(_checked_text(p, "nl_prompts", MAX_NL_PROMPT_CHARS) for p in many)
 
 
 def _prompts_and_seeds(data: dict[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -341,9 +382,9 @@ def _prompt_list(prompt: Any, prompts: Any) -> tuple[str, ...]:
     return tuple(_checked_text(p, "prompts") for p in prompts)
 
 
-def _checked_text(text: str, name: str) -> str:
-    if len(text) > MAX_PROMPT_CHARS:
-        raise RequestError(f"{name}: at most {MAX_PROMPT_CHARS} characters, got {len(text)}")
+def _checked_text(text: str, name: str, limit: int = MAX_PROMPT_CHARS) -> str:
+    if len(text) > limit:
+        raise RequestError(f"{name}: at most {limit} characters, got {len(text)}")
     _check_unicode(text, name)
     return text
 
@@ -497,7 +538,9 @@ def _run_engine(
         upsampler = get_upsampler()
         args = (request.prompts, request.settings, request.seeds, request.width, request.height)
         # An upsampler of the caller's own (create_router takes any) may take neither.
-        options = {"cancel": cancel, "progress": progress}
+        options: dict[str, Any] = {"cancel": cancel, "progress": progress}
+        if any(request.nl_prompts):  # passed only when given: a caller's own may not take it
+            options["nl_prompts"] = list(request.nl_prompts)
         taken = {name: value for name, value in options.items() if _takes(upsampler, name)}
         results = upsampler.upsample_many(*args, **taken)
     except DtgError as exc:  # its class says what it means for the client
@@ -539,6 +582,8 @@ def result_to_json(result: Result) -> dict[str, Any]:
         "prompt": result.prompt,
         "final_prompt": result.final_prompt,
         "new_tags": list(result.new_tags),
+        "extended": result.extended,
+        "generated": result.generated,
         "seed": result.seed,
         "rounds": result.rounds,
         "timings": asdict(result.timings),

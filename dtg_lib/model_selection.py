@@ -14,7 +14,6 @@ from pathlib import Path
 
 from . import models
 from .backends import BackendUnavailable, llama_cpp_available, torch_available
-from .errors import CALLER_MISTAKE
 
 log = logging.getLogger("dtg")
 
@@ -32,12 +31,7 @@ class ModelChoice:
     display_name: str
     takes_quality_line: bool
     notice: str = ""  # something the user should be told, such as a fallback
-
-
-class FamilyNotSupported(models.ModelError):
-    """The model is of a family whose prompt format the upsampling loop does not speak."""
-
-    http_status = CALLER_MISTAKE
+    family: str = models.DTG_FAMILY  # which prompt format the model speaks: dtg or tipo
 
 
 def _available(backend: str) -> bool:
@@ -60,13 +54,6 @@ def select_model(
     """
     spec = models.spec_for(model, model_dir)
     given = model if isinstance(model, str) else spec.display_name
-    if spec.family != models.DTG_FAMILY:
-        # Checked before any download: a TIPO model would be fed DTG's prompt format.
-        raise FamilyNotSupported(
-            f"{models.shown_model_name(spec, given, model_dir)} is a {spec.family.upper()} "
-            "model; the upsampling loop speaks DTG's format only so far: choose a DTG model "
-            "(such as delta-rev2)"
-        )
     wanted = _BACKEND_FOR_KIND[spec.kind] if backend == "auto" else backend
     notice = ""
     if _BACKEND_FOR_KIND[spec.kind] != wanted or not _available(wanted):
@@ -82,6 +69,7 @@ def select_model(
         display_name=models.shown_model_name(spec, given, model_dir),
         takes_quality_line=spec.takes_quality_line,
         notice=notice,
+        family=spec.family,
     )
 
 

@@ -63,6 +63,10 @@ class UpsampleSettings:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     max_rounds: int = 20
     timing: str = "after"
+    # TIPO models only (DTG models ignore them): the length of the sentences TIPO
+    # writes (`target` stays the tag length), and whether to also write a caption.
+    nl_length: str = "long"
+    caption: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -73,6 +77,12 @@ class UpsampleSettings:
             raise SettingsError(
                 f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}"
             )
+        if self.nl_length not in TARGETS:
+            raise SettingsError(
+                f"unknown nl_length {self.nl_length!r}: choose one of {', '.join(TARGETS)}"
+            )
+        if not isinstance(self.caption, bool):
+            raise SettingsError(f"caption must be true or false, got {self.caption!r}")
         if self.timing not in TIMINGS:
             raise SettingsError(f"unknown timing {self.timing!r}: choose 'after' or 'before'")
         if not isinstance(self.model, str) or not self.model.strip():

@@ -14,10 +14,11 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from . import tipo_loop
 from .assemble import assemble
 from .backends.base import (
     Backend,
@@ -29,19 +30,30 @@ from .backends.base import (
 )
 from .ban import compile_ban_list
 from .categories import Category, raw_key
+from .context_fit import fit_to_context
 from .dtg_format import (
     INPUT_END,
-    ClassifiedPrompt,
-    ClassifiedTag,
     LookupLike,
     build_model_input,
     classify_prompt,
     continuation_input,
     parse_model_output,
 )
-from .errors import FAILED, UNAVAILABLE, DtgError
-from .models import ModelError, ProgressEvent, ProgressFn
+from .models import TIPO_FAMILY, ModelError, ProgressFn
+from .progress import (  # the errors are re-exported: callers import them from here
+    Cancelled,
+    GenerationError,
+    Job,
+    JobProgress,
+    check_cancel,
+    generation_message,
+    stage,
+)
+from .progress import (
+    UpsampleError as UpsampleError,
+)
 from .prompt_syntax import parse
+from .result import Prepared, Result, Timings  # re-exported: callers import them here
 from .settings import SamplingSettings, UpsampleSettings
 
 if TYPE_CHECKING:
@@ -52,34 +64,6 @@ log = logging.getLogger("dtg")
 
 # Rounds in a row that add nothing new before the model is taken to be done.
 STALE_ROUNDS = 3
-# Room the model input must leave for generation; fewer new tokens than this
-# would hardly add a tag.
-MIN_NEW_TOKENS = 48
-
-
-class UpsampleError(DtgError, RuntimeError):
-    """One stage of an expansion failed unexpectedly; the message names stage and prompt."""
-
-    http_status = FAILED
-
-
-class Cancelled(UpsampleError):
-    """The caller stopped the job (its client went away, or its time ran out).
-
-    Raised at the next check: before each expansion and before each round. Over HTTP
-    the server could not finish in time (a client that left gets no answer at all).
-    """
-
-    http_status = UNAVAILABLE
-
-
-class GenerationError(UpsampleError):
-    """The model failed while generating (out of memory, say).
-
-    The backend was dropped from the cache, so the next request loads it afresh.
-    """
-
-    http_status = FAILED
 
 
 class TagLookupLike(LookupLike, Protocol):
@@ -89,119 +73,6 @@ class TagLookupLike(LookupLike, Protocol):
     def notices(self) -> tuple[str, ...]:
         """Things to tell the user with every result, such as an index it could not read."""
         ...
-
-
-@dataclass(frozen=True)
-class Timings:
-    load_s: float = 0.0
-    lookup_s: float = 0.0
-    prompt_eval_s: float = 0.0
-    generation_s: float = 0.0
-    total_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Result:
-    prompt: str
-    final_prompt: str
-    new_tags: tuple[str, ...]
-    model_input: str
-    seed: int
-    rounds: int
-    prompt_tokens: int
-    completion_tokens: int
-    timings: Timings
-    model: str
-    backend: str
-    device: str
-    tag_categories: dict[str, str] = field(default_factory=dict)
-    notices: tuple[str, ...] = ()  # things the user should be told, such as a backend fallback
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["new_tags"] = list(self.new_tags)
-        return data
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Everything decided before the model runs; also what --dry-run shows."""
-
-    classified: ClassifiedPrompt
-    model_input: str
-    user_tag_count: int
-    quality_line: bool = True
-
-
-class _JobProgress:
-    """Tells the caller's ProgressFn how one upsample_many call is going.
-
-    A failing callback is logged once and then left alone: showing progress must
-    never cost the user the expansion.
-    """
-
-    def __init__(self, progress: ProgressFn | None, prompts: int, max_rounds: int) -> None:
-        self._progress = progress
-        self._prompts = prompts
-        self._max_rounds = max_rounds
-
-    def tell(self, event: ProgressEvent) -> None:
-        if self._progress is None:
-            return
-        try:
-            self._progress(event)
-        except Exception as exc:
-            log.warning("progress display failed, shown no more: %s: %s", type(exc).__name__, exc)
-            self._progress = None
-
-    def loading(self, choice: ModelChoice, device: str) -> None:
-        self.tell(ProgressEvent("load", f"Loading {choice.display_name} on {device}"))
-
-    def loaded(self, choice: ModelChoice) -> None:
-        self.tell(ProgressEvent("load", f"Loaded {choice.display_name}", 1, 1))
-
-    def round_of(self, number: int, rounds: int) -> None:
-        """Prompt `number`, expanded on its own, has finished `rounds` rounds."""
-        where = f"prompt {number} of {self._prompts}, " if self._prompts > 1 else ""
-        done = (number - 1) * self._max_rounds + rounds
-        self._generating(done, f"Expanding: {where}round {rounds}")
-
-    def rounds_together(self, rounds_each: Sequence[int]) -> None:
-        """The prompts expanded together have finished `rounds_each` rounds each."""
-        message = f"Expanding {self._prompts} prompts together: round {max(rounds_each)}"
-        self._generating(sum(rounds_each), message)
-
-    def finished(self) -> None:
-        count = f"{self._prompts} prompts" if self._prompts > 1 else "the prompt"
-        self._generating(self._total_rounds, f"Expanded {count}")
-
-    @property
-    def _total_rounds(self) -> int:
-        # The most the job can take; an expansion that reaches its target stops early.
-        return self._prompts * self._max_rounds
-
-    def _generating(self, done: int, message: str) -> None:
-        total = self._total_rounds
-        self.tell(ProgressEvent("generate", message, min(done, total), total, "rounds"))
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What every expansion of one upsample_many call shares."""
-
-    settings: UpsampleSettings
-    width: int
-    height: int
-    backend: Backend
-    quality_line: bool
-    cancel: threading.Event | None = None
-    progress: _JobProgress = field(default_factory=lambda: _JobProgress(None, 1, 1))
-
-
-def check_cancel(cancel: threading.Event | None) -> None:
-    """Raise Cancelled once `cancel` is set; the engine calls it between steps."""
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("the upsample job was cancelled")
 
 
 class Upsampler:
@@ -272,9 +143,17 @@ class Upsampler:
         *,
         cancel: threading.Event | None = None,
         progress: ProgressFn | None = None,
+        nl_prompt: str = "",
     ) -> Result:
         return self.upsample_many(
-            [prompt], settings, [seed], width, height, cancel=cancel, progress=progress
+            [prompt],
+            settings,
+            [seed],
+            width,
+            height,
+            cancel=cancel,
+            progress=progress,
+            nl_prompts=[nl_prompt],
         )[0]
 
     def upsample_many(
@@ -287,8 +166,10 @@ class Upsampler:
         *,
         cancel: threading.Event | None = None,
         progress: ProgressFn | None = None,
+        nl_prompts: Sequence[str] | None = None,
     ) -> list[Result]:
-        """One Result per (prompt, seed).
+        """One Result per (prompt, seed), and natural-language prompt for a TIPO model
+        (a DTG model ignores them, with a notice; see tipo_loop).
 
         `cancel`: once it is set (from another thread), the job stops before its next
         expansion or round and raises Cancelled; a round already running finishes first.
@@ -297,22 +178,27 @@ class Upsampler:
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed each")
+        texts = tipo_loop.nl_prompts_for(nl_prompts, len(prompts))
         started = time.perf_counter()
         check_cancel(cancel)
-        told = _JobProgress(progress, len(prompts), settings.max_rounds)
+        told = JobProgress(progress, len(prompts), settings.max_rounds)
         choice = self._choose_model(settings, progress=told.tell)
         told.loading(choice, settings.device)
         with self.backends.lease(choice.backend, choice.path, settings.device) as backend:
             load_s = time.perf_counter() - started
             told.loaded(choice)
-            job = _Job(settings, width, height, backend, choice.takes_quality_line, cancel, told)
-            if isinstance(backend, BatchBackend) and len(prompts) > 1:
+            job = Job(settings, width, height, backend, choice.takes_quality_line, cancel, told)
+            if choice.family == TIPO_FAMILY:
+                results = tipo_loop.expand_all(self, prompts, texts, seeds, job)
+            elif isinstance(backend, BatchBackend) and len(prompts) > 1:
                 results = self._expand_together(prompts, seeds, job, backend)
             else:
                 results = [
                     self._expand_numbered(number, prompt, seed, job)
                     for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1)
                 ]
+            if choice.family != TIPO_FAMILY:
+                results = tipo_loop.note_ignored_nl(results, texts)
         told.finished()
         return [
             _with_model(result, choice, backend, load_s if index == 0 else 0.0)
@@ -336,8 +222,8 @@ class Upsampler:
             progress=progress,
         )
 
-    def _expand_numbered(self, number: int, prompt: str, seed: int, job: _Job) -> Result:
-        with _stage("expansion", number, prompt):
+    def _expand_numbered(self, number: int, prompt: str, seed: int, job: Job) -> Result:
+        with stage("expansion", number, prompt):
             started = time.perf_counter()
             loop = self._begin(prompt, seed, job)
             with self._model_failures(job.backend):
@@ -365,10 +251,10 @@ class Upsampler:
             ) from exc
         except Exception as exc:
             self.backends.discard(backend)
-            raise GenerationError(f"{what}{_generation_message(backend, exc)}") from exc
+            raise GenerationError(f"{what}{generation_message(backend, exc)}") from exc
 
     def _expand_together(
-        self, prompts: Sequence[str], seeds: Sequence[int], job: _Job, backend: BatchBackend
+        self, prompts: Sequence[str], seeds: Sequence[int], job: Job, backend: BatchBackend
     ) -> list[Result]:
         """All prompts' rounds in lockstep, one batched model call per round.
 
@@ -379,29 +265,29 @@ class Upsampler:
         loops, spent = [], []
         for number, (prompt, seed) in enumerate(zip(prompts, seeds), 1):
             started = time.perf_counter()
-            with _stage("expansion", number, prompt):
+            with stage("expansion", number, prompt):
                 loops.append(self._begin(prompt, seed, job))
             spent.append(time.perf_counter() - started)
         with self._model_failures(backend, f"{len(loops)} prompts expanded together: "):
             _run_together(loops, backend, job.settings, job.progress.rounds_together)
         results = []
         for number, (prompt, loop, before) in enumerate(zip(prompts, loops, spent), 1):
-            with _stage("expansion", number, prompt):
+            with stage("expansion", number, prompt):
                 model_s = loop.prompt_eval_s + loop.generation_s
                 results.append(self._finish(prompt, loop, time.perf_counter(), before + model_s))
         return results
 
-    def _begin(self, prompt: str, seed: int, job: _Job) -> _Rounds:
+    def _begin(self, prompt: str, seed: int, job: Job) -> _Rounds:
         """Everything before the model runs: read, classify and fit the prompt."""
         settings, width, height = job.settings, job.width, job.height
         check_cancel(job.cancel)
         started = time.perf_counter()
-        with _stage("reading the prompt"):
+        with stage("reading the prompt"):
             prepared = self.prepare(prompt, settings, width, height, quality_line=job.quality_line)
         lookup_s = time.perf_counter() - started
         # A lookup that could not read its index (tag_lookup.TagLookup.notices) says so here.
         lookup_notices = list(self.lookup.notices)
-        with _stage("fitting the prompt into the model's context"):
+        with stage("fitting the prompt into the model's context"):
             prepared, notices = fit_to_context(prepared, job.backend, settings, width, height)
         notices = lookup_notices + notices
         return _Rounds(
@@ -411,7 +297,7 @@ class Upsampler:
     def _finish(self, prompt: str, loop: _Rounds, started: float, earlier_s: float = 0.0) -> Result:
         """The Result; total_s is the time since `started` plus `earlier_s`."""
         prepared = loop.prepared
-        with _stage("writing the final prompt"):
+        with stage("writing the final prompt"):
             final = assemble(prepared.classified, loop.new_tags, loop.settings.format)
         total = time.perf_counter() - started + earlier_s
         return Result(
@@ -615,95 +501,6 @@ def _with_model(result: Result, choice: ModelChoice, backend: Backend, load_s: f
     )
 
 
-@contextlib.contextmanager
-def _stage(what: str, number: int | None = None, prompt: str | None = None) -> Iterator[None]:
-    """Turn an unexpected failure into one UpsampleError that says where it happened."""
-    try:
-        yield
-    except UpsampleError as exc:
-        if number is None or isinstance(exc, Cancelled):
-            raise
-        # Same class (GenerationError stays one), now naming the prompt.
-        raise type(exc)(f"prompt {number} ({_preview(prompt)}): {exc}") from exc
-    except DtgError:
-        raise  # it already says what went wrong in the user's terms
-    except Exception as exc:
-        where = f"prompt {number} ({_preview(prompt)}): " if number is not None else ""
-        raise UpsampleError(f"{where}{what} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _preview(prompt: str | None, limit: int = 60) -> str:
-    text = repr(prompt or "")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _generation_message(backend: Backend, exc: BaseException) -> str:
-    kind = type(exc).__name__
-    memory = isinstance(exc, MemoryError) or "OutOfMemory" in kind or "out of memory" in str(exc)
-    reason = "ran out of memory" if memory else f"failed ({kind}: {exc})"
-    return (
-        f"the model ({backend.name} on {backend.device}) {reason} while generating; "
-        "it was unloaded and the next request loads it again"
-        + (" (a smaller model, such as a GGUF on the CPU, needs less memory)" if memory else "")
-    )
-
-
-def fit_to_context(
-    prepared: Prepared, backend: Backend, settings: UpsampleSettings, width: int, height: int
-) -> tuple[Prepared, list[str]]:
-    """Leave tags out of the model input (never the final prompt) until it fits the context.
-
-    General tags go first, from the end of the prompt, then the other fields'
-    tags, also from the end. Raises PromptTooLong only when even an empty input
-    would not fit.
-    """
-    context = backend.context
-    limit = context - min(settings.sampling.max_new_tokens, MIN_NEW_TOKENS)
-    used = backend.count_tokens(prepared.model_input)
-    if used <= limit:
-        return prepared, []
-    order = _drop_order(prepared.classified.tags)
-    low, high = 1, len(order)
-    best = None
-    while low <= high:  # the fewest tags left out that make it fit
-        mid = (low + high) // 2
-        text = _input_without(prepared, order[:mid], settings, width, height)
-        if backend.count_tokens(text) <= limit:
-            best, high = (mid, text), mid - 1
-        else:
-            low = mid + 1
-    if best is None:
-        raise PromptTooLong(f"the prompt does not fit the model's context of {context} tokens")
-    dropped, text = best
-    notice = (
-        f"the prompt is {used} tokens, more than the model's context ({context}) allows: "
-        f"{dropped} of its tags were left out of the model input; the final prompt keeps them all"
-    )
-    log.warning(notice)
-    return replace(prepared, model_input=text), [notice]
-
-
-def _drop_order(tags: Sequence[ClassifiedTag]) -> list[int]:
-    """Indices of tags in the order they are left out: general last-first, then the rest."""
-    general = [i for i, t in enumerate(tags) if t.category is Category.GENERAL]
-    other = [i for i, t in enumerate(tags) if t.category is not Category.GENERAL]
-    return general[::-1] + other[::-1]
-
-
-def _input_without(
-    prepared: Prepared, drop: Sequence[int], settings: UpsampleSettings, width: int, height: int
-) -> str:
-    gone = set(drop)
-    kept = tuple(t for i, t in enumerate(prepared.classified.tags) if i not in gone)
-    return build_model_input(
-        replace(prepared.classified, tags=kept),
-        width=width,
-        height=height,
-        target=settings.target,
-        quality_line=prepared.quality_line,
-    )
-
-
 _default: Upsampler | None = None
 _default_lock = threading.Lock()
 
@@ -725,6 +522,7 @@ def upsample(
     *,
     cancel: threading.Event | None = None,
     progress: ProgressFn | None = None,
+    nl_prompt: str = "",
 ) -> Result:
     return default_upsampler().upsample(
         prompt,
@@ -734,6 +532,7 @@ def upsample(
         height,
         cancel=cancel,
         progress=progress,
+        nl_prompt=nl_prompt,
     )
 
 
@@ -746,6 +545,7 @@ def upsample_many(
     *,
     cancel: threading.Event | None = None,
     progress: ProgressFn | None = None,
+    nl_prompts: Sequence[str] | None = None,
 ) -> list[Result]:
     return default_upsampler().upsample_many(
         prompts,
@@ -755,4 +555,5 @@ def upsample_many(
         height,
         cancel=cancel,
         progress=progress,
+        nl_prompts=nl_prompts,
     )

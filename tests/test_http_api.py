@@ -48,8 +48,9 @@ def test_one_prompt(client, fake):
     assert result["final_prompt"] == "1girl, tag7"
     assert result["seed"] == 7 and result["new_tags"] == ["tag7"]
     expected = {"prompt", "final_prompt", "new_tags", "seed", "rounds", "timings", "model"}
-    expected |= {"backend", "device", "notices", "tag_categories"}
+    expected |= {"backend", "device", "notices", "tag_categories", "extended", "generated"}
     assert set(result) == expected
+    assert result["extended"] == result["generated"] == ""  # a DTG result has no texts
     assert result["timings"]["total_s"] == 0.01 and result["notices"] == []
     prompts, settings, seeds, width, height = fake.calls[0]
     assert (prompts, seeds, width, height) == (("1girl",), (7,), 832, 1216)

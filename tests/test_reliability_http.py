@@ -424,9 +424,12 @@ def test_the_page_dropdown_skips_links_out_of_the_model_folder(folder_with_links
 
 
 def test_the_default_body_cap_fits_the_largest_valid_request():
-    assert limits.MAX_BODY_BYTES == 64 * 50_000 * 6 + 2**20
+    assert limits.MAX_BODY_BYTES == 64 * (50_000 + 4_000) * 6 + 2**20
     # Python's json.dumps escapes every non-ASCII character as \uXXXX, 6 bytes.
-    largest = json.dumps({"prompts": ["é" * limits.MAX_PROMPT_CHARS] * limits.MAX_ITEMS})
+    nl = ["é" * limits.MAX_NL_PROMPT_CHARS] * limits.MAX_ITEMS
+    largest = json.dumps(
+        {"prompts": ["é" * limits.MAX_PROMPT_CHARS] * limits.MAX_ITEMS, "nl_prompts": nl}
+    )
     assert len(largest) < limits.MAX_BODY_BYTES
 
 

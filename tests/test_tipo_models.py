@@ -242,22 +242,29 @@ def test_tiny_tipo_model_answers_in_tipo_format(tiny_tipo_model):
             assert len(dict(split_sections(given + out["text"]))[section]) > len(before)
 
 
-def test_a_tipo_model_is_refused_before_any_download_until_the_loop_speaks_tipo(
-    tmp_path, monkeypatch
-):
+def test_a_registry_tipo_model_is_chosen_as_tipo_and_an_offline_miss_names_it(tmp_path):
     from dtg_lib import model_selection
 
-    # Downloads are allowed: a download attempt (no network in tests) would fail with
-    # another error, so this one proves the refusal comes first.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    with pytest.raises(model_selection.FamilyNotSupported, match="TIPO model") as caught:
-        model_selection.select_model("tipo-500m", model_dir=tmp_path, allow_download=True)
-    assert caught.value.http_status == 422
-    assert list(tmp_path.iterdir()) == []
+    # Chosen, not refused: the miss is the ordinary "not downloaded" one.
+    with pytest.raises(ModelNotFound, match=r"TIPO-500M_epoch5-F16\.gguf"):
+        model_selection.select_model("tipo-500m", model_dir=tmp_path, allow_download=False)
 
 
-def test_a_local_tipo_model_is_refused_by_its_own_tokens(tiny_tipo_model):
+def test_a_local_tipo_model_is_chosen_by_its_own_tokens_and_expands(tiny_tipo_model):
+    pytest.importorskip("llama_cpp")
+    from fake_lookup import FakeLookup
+
     from dtg_lib import model_selection
+    from dtg_lib.backends import BackendCache
+    from dtg_lib.settings import UpsampleSettings
+    from dtg_lib.upsampler import Upsampler
 
-    with pytest.raises(model_selection.FamilyNotSupported, match="TIPO"):
-        model_selection.select_model(str(tiny_tipo_model.gguf_f16))
+    choice = model_selection.select_model(str(tiny_tipo_model.gguf_f16))
+    assert choice.family == "tipo" and choice.backend == "llama.cpp"
+    assert model_selection.select_model(str(tiny_tipo_model.hf_dir)).family == "tipo"
+    cache = BackendCache()
+    engine = Upsampler(lookup=FakeLookup(), backends=cache, allow_download=False)
+    settings = UpsampleSettings(model=str(tiny_tipo_model.gguf_f16), target="very_short")
+    result = engine.upsample("1girl, solo", settings, seed=2)
+    cache.unload()
+    assert result.new_tags and "target: <|very_short|>" in result.model_input
