@@ -21,7 +21,7 @@ import gradio as gr
 
 from dtg_lib import http_api, models
 from dtg_lib.assemble import FORMAT_PRESETS
-from dtg_lib.preview import render_preview_grid, render_preview_html
+from dtg_lib.preview import render_preview_grid, render_preview_html, token_count_text
 from dtg_lib.settings import BACKENDS, TARGETS, SamplingSettings
 from dtg_lib.upsampler import Upsampler
 
@@ -140,6 +140,8 @@ def _success(results: list[dict[str, Any]]) -> tuple[str, str, str]:
         gr.Info(notice)
     count = f"{len(results)} expansions" if len(results) > 1 else "Expanded"
     status = f"{count} in {total:.2f} s with {results[0]['model']} ({results[0]['backend']})"
+    if counted := token_count_text(results[0]):
+        status += f"; {counted}"
     return html, results[0]["final_prompt"], status
 
 

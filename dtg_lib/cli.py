@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a caption of the tags (TIPO models; DTG models ignore it)",
     )
     parser.add_argument(
+        "--budget",
+        default=UpsampleSettings.budget,
+        metavar="none|fill|chunks:N",
+        help="CLIP token budget of the final prompt: none, fill (to the end of the 75-token "
+        "chunk the prompt reaches) or chunks:N (at most N chunks); needs open_clip_torch",
+    )
+    parser.add_argument(
         "--model",
         default=None,
         help="registry name (delta-rev2, delta-rev2:hf, ...) or a local path",
@@ -112,6 +119,7 @@ def settings_from_args(args: argparse.Namespace) -> UpsampleSettings:
         "device": args.device,
         "nl_length": args.nl_length,
         "caption": args.caption,
+        "budget": args.budget,
     }
     if args.model is not None:
         data["model"] = args.model
@@ -338,6 +346,8 @@ def _show_result(result: Any, as_json: bool, logged: set[str]) -> None:
         return
     print(result.final_prompt)
     sys.stdout.flush()  # the expansion first, should a notice fail to write
+    if getattr(result, "tokens", None) is not None:
+        print(f"tokens: {result.tokens}/{result.token_target}", file=sys.stderr)
     for notice in getattr(result, "notices", ()):
         if notice not in logged:  # the log has printed it already
             print(f"note: {notice}", file=sys.stderr)

@@ -13,14 +13,16 @@ Request body of `POST /dtg/v1/upsample` (a JSON object):
               with `prompt`, one expansion of that prompt per seed; null: missing
     width, height   image size the prompt is for (default 1024 x 1024)
     settings  UpsampleSettings fields; sampling keys flat or under "sampling"
-              (a TIPO model's `nl_length` and `caption` are settings too)
+              (a TIPO model's `nl_length` and `caption` are settings too; `budget`:
+              "none", "fill" or "chunks:N", the final prompt's CLIP token budget)
     nl_prompt   a natural-language prompt for every expansion (TIPO models; a DTG
                 model ignores it, with a notice)
     nl_prompts  or a list of them, one per entry of `prompts` (same length)
 
 A result carries the new tags and a TIPO model's texts apart: `new_tags`,
 `extended` (the short text, the natural-language prompt extended) and
-`generated` (the long caption written).
+`generated` (the long caption written), and the final prompt's CLIP token count as
+`tokens` and `token_target` (null without open_clip_torch).
 
 The body is parsed and checked here rather than by a pydantic model, so the
 route behaves the same under pydantic 1 (A1111 1.10) and pydantic 2 (Forge,
@@ -592,6 +594,8 @@ def result_to_json(result: Result) -> dict[str, Any]:
         "device": result.device,
         "notices": list(result.notices),
         "tag_categories": dict(result.tag_categories),
+        "tokens": result.tokens,
+        "token_target": result.token_target,
     }
 
 

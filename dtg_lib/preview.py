@@ -56,6 +56,17 @@ def _field(result: Any, name: str) -> Any:
     return result[name] if isinstance(result, Mapping) else getattr(result, name)
 
 
+def token_count_text(result: Any) -> str:
+    """The final prompt's CLIP count as the webui's counter shows it, "87/150 tokens
+    (2 chunks)"; empty when it was not counted (no open_clip_torch)."""
+    read = result.get if isinstance(result, Mapping) else lambda name: getattr(result, name, None)
+    tokens, target = read("tokens"), read("token_target")
+    if tokens is None or not target:
+        return ""
+    chunks = target // 75
+    return f"{tokens}/{target} tokens ({chunks} chunk{'s' if chunks != 1 else ''})"
+
+
 def _total_seconds(result: Any) -> float:
     timings = _field(result, "timings")
     return float(timings["total_s"] if isinstance(timings, Mapping) else timings.total_s)
@@ -135,6 +146,8 @@ def _summary(result: Any) -> str:
         f"{_total_seconds(result):.2f} s",
         f"seed {_field(result, 'seed')}",
     ]
+    if counted := token_count_text(result):
+        parts.insert(0, counted)
     model, backend = _field(result, "model"), _field(result, "backend")
     if model:
         parts.append(f"{model} ({backend})" if backend else str(model))
@@ -178,6 +191,7 @@ def render_preview_text(result: Any) -> str:
         f"new: {new_tags}",
         f"{_field(result, 'rounds')} rounds, {_total_seconds(result):.2f} s, "
         f"seed {_field(result, 'seed')}",
+        *([counted] if (counted := token_count_text(result)) else []),
         *(f"note: {n}" for n in _field(result, "notices")),
     ]
     return "\n".join(lines)

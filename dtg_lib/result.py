@@ -38,6 +38,10 @@ class Result:
     # (the natural-language prompt extended) and the long one it generated.
     extended: str = ""
     generated: str = ""
+    # The final prompt's CLIP token count and its target (chunks times 75), as the webui's
+    # counter shows them; None without the CLIP vocabulary (open_clip_torch).
+    tokens: int | None = None
+    token_target: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

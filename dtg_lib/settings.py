@@ -67,6 +67,8 @@ class UpsampleSettings:
     # writes (`target` stays the tag length), and whether to also write a caption.
     nl_length: str = "long"
     caption: bool = False
+    # The CLIP token budget of the final prompt: "none", "fill" or "chunks:N" (see budget).
+    budget: str = "none"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -92,6 +94,7 @@ class UpsampleSettings:
         if not isinstance(self.ban_tags, str):
             raise SettingsError("ban_tags must be text: comma-separated entries")
         _check_device(self.device)
+        _check_budget(self.budget)
         _check_int("max_rounds", self.max_rounds, 1, 100)
         _check_text_setting("ban_tags", self.ban_tags)
         _check_text_setting("format", self.format)
@@ -152,6 +155,15 @@ def _check_device(device: Any) -> None:
     if not isinstance(device, str):
         raise SettingsError(f"device must be text such as 'cpu' or 'cuda', got {device!r}")
     normalize_device(device)
+
+
+def _check_budget(budget: Any) -> None:
+    from .budget import BudgetError, check_budget
+
+    try:
+        check_budget(budget)
+    except BudgetError as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 def _check_text_setting(name: str, value: str) -> None:

@@ -29,6 +29,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from . import budget
 from .assemble import assemble
 from .backends.base import Backend, Generation, PromptTooLong, fold_seed
 from .ban import compile_ban_list
@@ -174,13 +175,11 @@ def _expand_one(
         with upsampler._model_failures(job.backend):
             run.run(lambda calls: job.progress.round_of(number, calls))
         with stage("writing the final prompt"):
-            final = assemble(
-                classified, run.new_tags(), job.settings.format, run.final_sentences(nl_prompt)
-            )
+            final, kept, fitted = _fitted_prompt(classified, run, nl_prompt, job.settings)
         return Result(
             prompt=prompt,
             final_prompt=final,
-            new_tags=tuple(run.new_tags()),
+            new_tags=tuple(kept),
             model_input=run.model_input,
             seed=seed,
             rounds=run.calls,
@@ -197,12 +196,30 @@ def _expand_one(
             device="",
             tag_categories={
                 **{t.tag.name: t.category.value for t in classified.tags},
-                **{name: run.categories[name] for name in run.new_tags()},
+                **{name: run.categories[name] for name in kept},
             },
-            notices=tuple(run.notices),
-            extended=run.extended or "",
-            generated=run.generated or "",
+            notices=(*run.notices, *fitted.notices),
+            extended=run.extended or "" if fitted.level < 2 else "",
+            generated=run.generated or "" if fitted.level < 1 else "",
+            tokens=fitted.count.tokens if fitted.count else None,
+            token_target=fitted.count.target if fitted.count else None,
         )
+
+
+def _fitted_prompt(
+    classified: ClassifiedPrompt, run: TipoRun, nl_prompt: str, settings: UpsampleSettings
+) -> tuple[str, list[str], budget.Fit]:
+    """The final prompt within the token budget: new tags are trimmed first, then the
+    model's long text, then its extension of the user's text; the user's text stays."""
+    tags = run.new_tags()
+    full = run.final_sentences(nl_prompt)
+    levels = [full, {**full, "generated": ""}, {"extended": nl_prompt.strip(), "generated": ""}]
+
+    def write(kept: int, level: int) -> str:
+        return assemble(classified, tags[:kept], settings.format, levels[level])
+
+    fitted = budget.fit(settings.budget, write, len(tags), len(levels))
+    return write(fitted.kept, fitted.level), tags[: fitted.kept], fitted
 
 
 @dataclass

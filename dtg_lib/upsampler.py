@@ -18,8 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from . import tipo_loop
-from .assemble import assemble
+from . import budget, tipo_loop
 from .backends.base import (
     Backend,
     BatchBackend,
@@ -179,6 +178,7 @@ class Upsampler:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed each")
         texts = tipo_loop.nl_prompts_for(nl_prompts, len(prompts))
+        budget.require_vocabulary(settings.budget)
         started = time.perf_counter()
         check_cancel(cancel)
         told = JobProgress(progress, len(prompts), settings.max_rounds)
@@ -298,12 +298,12 @@ class Upsampler:
         """The Result; total_s is the time since `started` plus `earlier_s`."""
         prepared = loop.prepared
         with stage("writing the final prompt"):
-            final = assemble(prepared.classified, loop.new_tags, loop.settings.format)
+            final, fitted = budget.fit_tags(prepared.classified, loop.new_tags, loop.settings)
         total = time.perf_counter() - started + earlier_s
         return Result(
             prompt=prompt,
             final_prompt=final,
-            new_tags=tuple(loop.new_tags),
+            new_tags=tuple(loop.new_tags[: fitted.kept]),
             model_input=prepared.model_input,
             seed=loop.seed,
             rounds=loop.rounds,
@@ -319,7 +319,9 @@ class Upsampler:
             backend="",
             device="",
             tag_categories={t.tag.name: t.category.value for t in prepared.classified.tags},
-            notices=tuple(loop.notices),
+            notices=(*loop.notices, *fitted.notices),
+            tokens=fitted.count.tokens if fitted.count else None,
+            token_target=fitted.count.target if fitted.count else None,
         )
 
 
@@ -348,6 +350,8 @@ class _Rounds:
         self.bans = compile_ban_list(settings.ban_tags)
         self.user_names = prepared.classified.known_names()
         self.needed = settings.target_tags - prepared.user_tag_count
+        # The target length and the token budget: whichever is reached first ends the loop.
+        self.budget_full = budget.loop_limit(prepared.classified, settings)
         self.new_tags: list[str] = []
         self.rounds = 0
         self.stale = 0
@@ -377,7 +381,7 @@ class _Rounds:
         Raises Cancelled when the job was cancelled, so a cancelled job stops between rounds.
         """
         check_cancel(self.cancel)
-        if self.rounds >= self.settings.max_rounds or len(self.new_tags) >= self.needed:
+        if self._long_enough():
             self.finished = True
         if self.finished:
             return None
@@ -387,6 +391,11 @@ class _Rounds:
         fed = list(self.new_tags)
         random.Random(round_seed).shuffle(fed)
         return continuation_input(self.prepared.model_input, fed), round_seed
+
+    def _long_enough(self) -> bool:
+        if self.rounds >= self.settings.max_rounds or len(self.new_tags) >= self.needed:
+            return True
+        return self.budget_full is not None and self.budget_full(self.new_tags)
 
     def take(self, text: str, generation: Generation) -> None:
         """Count one round's generation for `text` and keep its new tags."""

@@ -56,6 +56,8 @@ class ScriptArgs:
     # Empty: the Settings page's choice (which --dtg-device overrides).
     backend: str = ""
     device: str = ""
+    # Appended last so that positional API callers keep working.
+    budget: str = UpsampleSettings.budget
     # Not an argument: why the caller's named args could not be read, raised by
     # is_enabled() so the hooks report it where they report any other bad value.
     problem: str = dataclasses.field(default="", metadata={_NOT_POSITIONAL: True})
@@ -95,6 +97,7 @@ class ScriptArgs:
                 "top_p": _number(self.top_p),
                 "top_k": _whole(self.top_k),
                 "min_p": _number(self.min_p),
+                "budget": self.budget or UpsampleSettings.budget,
             }
         )
 
@@ -143,6 +146,7 @@ class ScriptArgs:
             custom_format="" if preset else settings.format,
             backend=settings.backend,
             device=settings.device,
+            budget=settings.budget,
         )
 
 

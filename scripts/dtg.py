@@ -21,6 +21,7 @@ an unknown name, like a wrong value, leaves the prompt as written and is named u
   11 custom_format  the template, used when format is "custom"
   12 backend        "": the Settings page's; auto | llama.cpp | torch
   13 device         "": the Settings page's (or --dtg-device); cpu | cuda | mps
+  14 budget         CLIP token budget: none | fill | chunks:N (N 1..32)
 
 Also: a Preview of the prompt box (dtg_webui.preview_ui, javascript/dtg.js), X/Y/Z plot
 axes (dtg_webui.xyz), HTTP routes under /dtg/v1 with --api (dtg_webui.routes).
@@ -40,6 +41,7 @@ if _EXTENSION_ROOT not in sys.path:
 
 from modules import script_callbacks, scripts  # noqa: E402
 
+from dtg_lib.budget import BUDGET_CHOICES  # noqa: E402
 from dtg_lib.settings import BACKENDS, TARGETS, TIMINGS  # noqa: E402
 from dtg_webui import (  # noqa: E402
     host,
@@ -137,6 +139,13 @@ class DanTagGenScript(scripts.Script):
                     allow_custom_value=True,
                     **ids("device"),
                 )
+                budget = gr.Dropdown(
+                    list(BUDGET_CHOICES),
+                    value=DEFAULTS.budget,
+                    label="Token budget",
+                    allow_custom_value=True,
+                    **ids("budget"),
+                )
             with gr.Row():
                 temperature = gr.Slider(
                     0.1,
@@ -191,6 +200,7 @@ class DanTagGenScript(scripts.Script):
             custom_format,
             backend,
             device,
+            budget,
         ]
         self.infotext_fields = infotext.paste_fields(components, preview_box)
         self.paste_field_names = list(infotext.PASTE_KEYS.values())

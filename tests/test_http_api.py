@@ -49,6 +49,7 @@ def test_one_prompt(client, fake):
     assert result["seed"] == 7 and result["new_tags"] == ["tag7"]
     expected = {"prompt", "final_prompt", "new_tags", "seed", "rounds", "timings", "model"}
     expected |= {"backend", "device", "notices", "tag_categories", "extended", "generated"}
+    expected |= {"tokens", "token_target"}
     assert set(result) == expected
     assert result["extended"] == result["generated"] == ""  # a DTG result has no texts
     assert result["timings"]["total_s"] == 0.01 and result["notices"] == []

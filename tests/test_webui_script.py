@@ -405,7 +405,7 @@ def test_paste_restores_settings_and_original_prompt(webui):
     restored = [getter(pasted) for getter in _paste_getters(webui)]
     # Backend and device come back as what the job used, not "" (the Settings default),
     # so the paste reproduces the expansion on a machine with other Settings too.
-    assert restored == [*chosen[:-2], "auto", "cpu"]
+    assert restored == [*chosen[:-3], "auto", "cpu", "none"]
 
 
 def test_paste_without_dtg_turns_the_panel_off(webui):

@@ -1,0 +1,198 @@
+"""The CLIP token budget: fit the final prompt into the chunks of 75 tokens that CLIP reads.
+
+A prompt that spills a few tags into a new chunk changes the conditioning more than
+those tags are worth, so `budget` (a setting) caps the final prompt:
+
+- `none`: no cap (the final prompt is still counted when the vocabulary is there);
+- `fill`: up to the end of the chunk the user's prompt (with no new tags) already reaches;
+- `chunks:N`: at most N chunks of 75 tokens.
+
+Only new tags (and, for a TIPO model, the sentences the model wrote) are left out; the
+user's text is never touched. Counting is `clip_tokens.count_tokens`, which needs the
+CLIP vocabulary of open_clip_torch: without it a budget other than `none` is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .dtg_format import ClassifiedPrompt
+    from .settings import UpsampleSettings
+
+log = logging.getLogger("dtg")
+
+NONE = "none"
+FILL = "fill"
+CHUNK_TOKENS = 75
+MAX_CHUNKS = 32
+BUDGET_CHOICES = (NONE, FILL, *(f"chunks:{n}" for n in (1, 2, 3, 4)))  # what a UI offers
+_CHUNKS = re.compile(r"chunks:(\d{1,3})")
+
+
+class BudgetError(ValueError):
+    """A budget that is not `none`, `fill` or `chunks:N` with N in 1..32."""
+
+
+def check_budget(budget: object) -> None:
+    """Raise BudgetError, with a message for people, unless `budget` is a valid budget."""
+    if not isinstance(budget, str):
+        raise BudgetError(f"budget must be text ('none', 'fill' or 'chunks:N'), got {budget!r}")
+    if budget in (NONE, FILL):
+        return
+    match = _CHUNKS.fullmatch(budget)
+    if match is None or not 1 <= int(match.group(1)) <= MAX_CHUNKS:
+        raise BudgetError(
+            f"unknown budget {budget!r}: use 'none', 'fill' or 'chunks:N' "
+            f"with N from 1 to {MAX_CHUNKS}"
+        )
+
+
+def token_limit(budget: str, base_target: int) -> int | None:
+    """The most tokens the final prompt may count; `base_target` is the target (chunks
+    times 75) of the prompt without new tags. None for no budget."""
+    if budget == NONE:
+        return None
+    if budget == FILL:
+        return max(base_target, CHUNK_TOKENS)
+    return int(budget.split(":", 1)[1]) * CHUNK_TOKENS
+
+
+@dataclass(frozen=True)
+class Count:
+    tokens: int
+    target: int
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How many new tags (and which sentence level) the final prompt keeps, and its count."""
+
+    kept: int
+    level: int  # index into the sentence levels tried (0: all the model's sentences)
+    count: Count | None  # None when the vocabulary is missing and the budget is none
+    notices: tuple[str, ...] = ()
+
+
+def count(prompt: str) -> Count:
+    """The webui counter's `tokens/target` for `prompt`."""
+    from .clip_tokens import count_tokens
+
+    counted = count_tokens(prompt)
+    return Count(counted.tokens, counted.target)
+
+
+def fit(
+    budget: str,
+    write: Callable[[int, int], str],
+    new_tags: int,
+    levels: int = 1,
+) -> Fit:
+    """The most new tags that fit the budget.
+
+    `write(kept, level)` assembles the final prompt with the first `kept` new tags and
+    sentence level `level` (0 keeps every sentence; each later level drops more of what
+    the model wrote, never the user's text). Tags are trimmed first; a level is dropped
+    only when no tags at all fit with it. The search over tags is binary, so a fit costs
+    O(log n) assemblies and counts.
+    """
+    from .clip_tokens import ClipVocabularyMissing, PromptWeightError
+
+    try:
+        if budget == NONE:
+            return Fit(new_tags, 0, count(write(new_tags, 0)))
+        return _fit_within(budget, write, new_tags, levels)
+    except ClipVocabularyMissing:
+        if budget != NONE:
+            raise
+        return Fit(new_tags, 0, None)
+    except PromptWeightError as exc:
+        # The webui itself cannot read such a weight: no count, and no trimming either.
+        notice = f"the final prompt could not be counted ({exc}); the token budget was not applied"
+        return Fit(new_tags, 0, None, (notice,) if budget != NONE else ())
+
+
+def _fit_within(budget: str, write: Callable[[int, int], str], new_tags: int, levels: int) -> Fit:
+    full = count(write(new_tags, 0))
+    base = count(write(0, levels - 1))
+    limit = token_limit(budget, base.target)
+    assert limit is not None
+    if full.tokens <= limit:
+        return Fit(new_tags, 0, full)
+    if base.tokens > limit:
+        notice = (
+            f"the prompt is already {base.tokens} tokens, over the token budget {budget} "
+            f"({limit} tokens): it is kept whole and no tags were added"
+        )
+        return Fit(0, levels - 1, base, (notice,))
+    for level in range(levels):
+        if count(write(0, level)).tokens > limit:
+            continue
+        kept = _most_that_fit(lambda k, lv=level: count(write(k, lv)).tokens <= limit, new_tags)
+        final = count(write(kept, level))
+        dropped = new_tags - kept
+        parts = [f"{dropped} new tag{'s' if dropped != 1 else ''}"] if dropped else []
+        if level:
+            parts.append("some of the model's sentences")
+        notice = (
+            f"the token budget {budget} ({limit} tokens) left out {' and '.join(parts)}; "
+            f"the final prompt is {final.tokens} tokens"
+        )
+        return Fit(kept, level, final, (notice,))
+    raise AssertionError("the last level without tags fits")  # checked above as `base`
+
+
+def _most_that_fit(fits: Callable[[int], bool], total: int) -> int:
+    """The largest k in 0..total-1 with fits(k) true, given fits(0) and not fits(total)."""
+    low, high = 0, total - 1  # fits(low) holds; the answer is at most high
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def require_vocabulary(budget: str) -> None:
+    """Fail before the model loads when a budget is set and the vocabulary is missing."""
+    if budget != NONE:
+        from .clip_bpe import vocabulary_path
+
+        vocabulary_path()
+
+
+def fit_tags(
+    classified: ClassifiedPrompt, new_tags: Sequence[str], settings: UpsampleSettings
+) -> tuple[str, Fit]:
+    """A DTG expansion's final prompt with the most new tags that fit the budget."""
+    from .assemble import assemble
+
+    def write(kept: int, level: int) -> str:
+        return assemble(classified, new_tags[:kept], settings.format)
+
+    fitted = fit(settings.budget, write, len(new_tags))
+    return write(fitted.kept, 0), fitted
+
+
+def loop_limit(
+    classified: ClassifiedPrompt, settings: UpsampleSettings
+) -> Callable[[Sequence[str]], bool] | None:
+    """For the DTG loop: a test of whether these new tags already fill the budget, or None."""
+    if settings.budget == NONE:
+        return None
+    from .assemble import assemble
+
+    def write(tags: Sequence[str]) -> str:
+        return assemble(classified, tags, settings.format)
+
+    try:
+        base_target = count(write(())).target
+    except ValueError:  # a weight the counter cannot read: the final fit says so
+        return None
+    limit = token_limit(settings.budget, base_target)
+    return lambda tags: count(write(tags)).tokens >= (limit or 0)
