@@ -31,6 +31,28 @@ class SettingsError(DtgError, ValueError):
 
 
 @dataclass(frozen=True)
+class Limit:
+    """The range a number setting accepts; every face (the webui's sliders too) uses it."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+
+# The one set of sampling limits. temperature above 2.5 only turns DTG's output into noise,
+# and top_k above 500 is no filter on a 32k vocabulary.
+SAMPLING_LIMITS: dict[str, Limit] = {
+    "temperature": Limit(0.0, 2.5, low_open=True),
+    "top_p": Limit(0.0, 1.0, low_open=True),
+    "top_k": Limit(0, 500),
+    "min_p": Limit(0.0, 1.0, high_open=True),
+    "repetition_penalty": Limit(0.0, 10.0, low_open=True),
+    "max_new_tokens": Limit(1, 2048),
+}
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     """Sampling parameters shared by both backends."""
 
@@ -42,12 +64,19 @@ class SamplingSettings:
     max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
-        _check_float("temperature", self.temperature, 0.0, 10.0, low_open=True)
-        _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _check_int("top_k", self.top_k, 0, 100_000)
-        _check_float("min_p", self.min_p, 0.0, 1.0, high_open=True)
-        _check_float("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
-        _check_int("max_new_tokens", self.max_new_tokens, 1, 2048)
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            limit = SAMPLING_LIMITS[name]
+            _check_float(
+                name,
+                getattr(self, name),
+                limit.low,
+                limit.high,
+                low_open=limit.low_open,
+                high_open=limit.high_open,
+            )
+        for name in ("top_k", "max_new_tokens"):
+            limit = SAMPLING_LIMITS[name]
+            _check_int(name, getattr(self, name), int(limit.low), int(limit.high))
 
 
 @dataclass(frozen=True)

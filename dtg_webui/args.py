@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtg_lib.assemble import FORMAT_PRESETS
-from dtg_lib.settings import DEFAULT_MODEL, SamplingSettings, SettingsError, UpsampleSettings
+from dtg_lib.settings import (
+    DEFAULT_MODEL,
+    SAMPLING_LIMITS,
+    SamplingSettings,
+    SettingsError,
+    UpsampleSettings,
+)
 
 CUSTOM_FORMAT = "custom"
 FORMAT_CHOICES = (*FORMAT_PRESETS, CUSTOM_FORMAT)
@@ -177,3 +183,13 @@ def _whole(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def slider_range(name: str, step: float) -> tuple[float, float]:
+    """A panel slider's (minimum, maximum) for a sampling setting: the engine's own limits,
+    one step inside an open end (temperature accepts any value above 0, a slider needs a
+    first stop)."""
+    limit = SAMPLING_LIMITS[name]
+    low = limit.low + step if limit.low_open else limit.low
+    high = limit.high - step if limit.high_open else limit.high
+    return low, high

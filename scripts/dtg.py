@@ -58,6 +58,7 @@ from dtg_webui.args import (  # noqa: E402
     FROM_SETTINGS,
     RANDOM_SEED,
     ScriptArgs,
+    slider_range,
 )
 
 TITLE = "DanTagGen"
@@ -148,21 +149,32 @@ class DanTagGenScript(scripts.Script):
                 )
             with gr.Row():
                 temperature = gr.Slider(
-                    0.1,
-                    2.5,
+                    *slider_range("temperature", 0.05),
                     value=DEFAULTS.temperature,
                     step=0.05,
                     label="Temperature",
                     **ids("temperature"),
                 )
                 top_p = gr.Slider(
-                    0.05, 1.0, value=DEFAULTS.top_p, step=0.01, label="Top p", **ids("top-p")
+                    *slider_range("top_p", 0.01),
+                    value=DEFAULTS.top_p,
+                    step=0.01,
+                    label="Top p",
+                    **ids("top-p"),
                 )
                 top_k = gr.Slider(
-                    0, 200, value=DEFAULTS.top_k, step=1, label="Top k", **ids("top-k")
+                    *slider_range("top_k", 1),
+                    value=DEFAULTS.top_k,
+                    step=1,
+                    label="Top k",
+                    **ids("top-k"),
                 )
                 min_p = gr.Slider(
-                    0.0, 0.5, value=DEFAULTS.min_p, step=0.01, label="Min p", **ids("min-p")
+                    *slider_range("min_p", 0.01),
+                    value=DEFAULTS.min_p,
+                    step=0.01,
+                    label="Min p",
+                    **ids("min-p"),
                 )
             with gr.Row():
                 output_format = gr.Radio(

@@ -15,7 +15,7 @@ from dtg_lib.cli import build_parser, settings_from_args
 from dtg_lib.http_api import parse_request
 from dtg_lib.settings import SettingsError, UpsampleSettings
 from dtg_webui import host
-from dtg_webui.args import ARG_NAMES, FROM_SETTINGS, ScriptArgs
+from dtg_webui.args import ARG_NAMES, FROM_SETTINGS, ScriptArgs, slider_range
 from dtg_webui.infotext import ERROR_KEY, PARAMS_KEY
 
 SETTINGS_PAGE = {option.key: option.default for option in host.OPTIONS}
@@ -192,3 +192,24 @@ def test_host_api_unknown_name_keeps_the_prompt(webui):  # noqa: F811
     processed = webui.run(p)
     assert processed.all_prompts == ["1girl"] and webui.engine.calls == []
     assert "unknown DTG arg name(s) 'seed'" in params(processed.infotexts[0])[ERROR_KEY]
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [("temperature", 9.0), ("temperature", 2.6), ("top_k", 501), ("top_p", 0.0), ("min_p", 1.0)],
+)
+def test_the_engine_refuses_what_the_panel_cannot_offer(name, bad):
+    # One set of limits: the API once accepted temperature 9.0 where the panel stops at 2.5.
+    with pytest.raises(SettingsError, match=name):
+        UpsampleSettings.from_dict({name: bad})
+
+
+@pytest.mark.parametrize(
+    ("name", "step"), [("temperature", 0.05), ("top_p", 0.01), ("top_k", 1), ("min_p", 0.01)]
+)
+def test_the_panel_sliders_span_the_engine_limits(name, step):
+    low, high = slider_range(name, step)
+    UpsampleSettings.from_dict({name: low})  # both ends are values the engine accepts
+    UpsampleSettings.from_dict({name: high})
+    with pytest.raises(SettingsError):
+        UpsampleSettings.from_dict({name: high + step})
