@@ -46,3 +46,13 @@ def _fresh_ban_list_cache():
 
     compile_ban_list.cache_clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _hub_not_remembered_as_unreachable():
+    """A test whose hub was unreachable must not block the next test's downloads."""
+    from dtg_lib.models.download import UNREACHABLE_HUB
+
+    UNREACHABLE_HUB.answered()
+    yield
+    UNREACHABLE_HUB.answered()

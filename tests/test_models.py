@@ -728,6 +728,39 @@ def test_unreachable_hub_is_a_download_failure(
         resolve_model("alpha", model_dir)
 
 
+def test_an_unreachable_hub_is_not_asked_again_for_a_while(
+    monkeypatch: pytest.MonkeyPatch, model_dir: Path
+) -> None:
+    # Without network each attempt waits through the hub client's retries (about 23 s in a
+    # webui): the second job says at once why it has no model, instead of waiting again.
+    pytest.importorskip("huggingface_hub")
+    from dtg_lib.models import download
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    _point_old_hub_versions_at(monkeypatch, url)
+    with pytest.raises(DownloadFailed):
+        resolve_model("alpha", model_dir)
+    asked = []
+    monkeypatch.setattr(download, "_remote_size", lambda *a, **k: asked.append(a))
+    with pytest.raises(ModelNotFound, match="could not be reached a moment ago"):
+        resolve_model("alpha", model_dir)
+    assert asked == []
+    monkeypatch.setattr(download.time, "monotonic", lambda: 10**9)  # the wait has passed
+    assert download.download_blocker(allow_download=True) is None
+
+
+def test_a_hub_that_answers_with_an_error_is_asked_again(
+    fake_hub: FakeHub, model_dir: Path
+) -> None:
+    with pytest.raises(DownloadFailed, match="404"):
+        resolve_model("delta:f16", model_dir)
+    fake_hub.files[(REPO, Q8)] = gguf_bytes(tokens=500)
+    assert resolve_model("delta-rev2", model_dir).path.is_file()
+
+
 def test_transformers_folder_download_tolerates_missing_optional_files(
     fake_hub: FakeHub, model_dir: Path
 ) -> None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,37 @@ def _env_offline_var() -> str | None:
     return None
 
 
+# A hub that could not be reached is not asked again for a while: without network, each
+# attempt waits through huggingface_hub's own retries (about 23 s seen in a webui), and a
+# webui asks at every job and every Preview.
+HUB_RETRY_S = 300.0
+
+
+class _UnreachableHub:
+    """When the hub last failed to answer at all (not an HTTP error), shared by all threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failed_at: float | None = None
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failed_at = time.monotonic()
+
+    def answered(self) -> None:
+        with self._lock:
+            self._failed_at = None
+
+    def seconds_left(self) -> float:
+        with self._lock:
+            if self._failed_at is None:
+                return 0.0
+            return max(0.0, self._failed_at + HUB_RETRY_S - time.monotonic())
+
+
+UNREACHABLE_HUB = _UnreachableHub()
+
+
 def download_blocker(allow_download: bool) -> tuple[str, str] | None:
     """Why downloading is off and how to turn it on, or None when it is on."""
     var = _env_offline_var()
@@ -61,7 +93,21 @@ def download_blocker(allow_download: bool) -> tuple[str, str] | None:
         return f"{var} is set, so nothing is downloaded", f"unset {var}"
     if not allow_download:
         return "downloading is turned off", "allow downloads"
+    left = UNREACHABLE_HUB.seconds_left()
+    if left > 0:
+        return (
+            f"the model hub ({_endpoint_text()}) could not be reached a moment ago, so it is "
+            f"not asked again for {left:.0f} s",
+            "check the network",
+        )
     return None
+
+
+def _note_hub_failure(exc: BaseException) -> None:
+    """Remember a hub that did not answer its first request of a download; an HTTP answer
+    (404, 401) means it is there, and a download cut short later is tried again at once."""
+    if _status_code(exc) is None:
+        UNREACHABLE_HUB.failed()
 
 
 def _endpoint() -> str | None:
@@ -213,10 +259,12 @@ def _remote_size(hub: Any, repo_id: str, filename: str, dest: Path) -> int | Non
     try:
         metadata = hub.get_hf_file_metadata(url)
     except _download_errors() as exc:
+        _note_hub_failure(exc)
         message = _describe_failure(exc, repo_id, filename, dest)
         if _status_code(exc) == 404:
             raise _RemoteFileMissing(message) from exc
         raise DownloadFailed(message) from exc
+    UNREACHABLE_HUB.answered()
     size = getattr(metadata, "size", None)
     return size if isinstance(size, int) else None
 
