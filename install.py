@@ -618,6 +618,46 @@ def _install_llama(
         print(f"{PREFIX} {problem}; the torch backend will be used.")
 
 
+def subprocess_run_pip(command: str, desc: str | None = None) -> str:
+    """`python -m pip <command>` for hosts without the webui's run_pip (ComfyUI); raises
+    RuntimeError with pip's output, as run_pip does, so Installer reads it the same way."""
+    print(f"{PREFIX} installing {desc}")
+    line = f'"{sys.executable}" -m pip {command}'
+    done = subprocess.run(
+        line, shell=True, capture_output=True, text=True, errors="ignore", check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"Couldn't install {desc}.\nstderr: {done.stderr.strip()}")
+    return done.stdout or ""
+
+
+def install_prebuilt(environ: Mapping[str, str]) -> None:
+    """The same decisions for a host that is not the webui (ComfyUI's first import of the
+    node pack): the missing requirements, then llama-cpp-python from prebuilt wheels only,
+    never a source build at start-up. Every failure is one printed line."""
+    if llama_mode(environ) == "skip":
+        return
+    constraints = write_constraints()
+    python = sys.executable
+    run_pip = pip_runner(
+        subprocess_run_pip, importlib.util.find_spec("pip") is not None, find_uv(python), python
+    )
+    installer = Installer(
+        run_pip=run_pip,
+        is_installed=lambda module: importlib.util.find_spec(module) is not None,
+        version_of=installed_version,
+        verify_llama=llama_imports,
+        constraints_path=constraints,
+    )
+    try:
+        for requirement in REQUIREMENTS:
+            installer.ensure(requirement)
+        _install_llama(installer, this_machine(), llama_mode(environ), time.time(), build=False)
+    finally:
+        if constraints:
+            Path(constraints).unlink(missing_ok=True)
+
+
 def main() -> None:
     try:
         import launch

@@ -18,13 +18,21 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .dtg_format import ClassifiedPrompt
-    from .settings import UpsampleSettings
 
 log = logging.getLogger("dtg")
+
+
+class BudgetChoice(Protocol):
+    """The two settings a fit reads. The settings object has them; it validates its budget
+    with this module, so this module does not import settings back."""
+
+    budget: str
+    format: str
+
 
 NONE = "none"
 FILL = "fill"
@@ -167,7 +175,7 @@ def require_vocabulary(budget: str) -> None:
 
 
 def fit_tags(
-    classified: ClassifiedPrompt, new_tags: Sequence[str], settings: UpsampleSettings
+    classified: ClassifiedPrompt, new_tags: Sequence[str], settings: BudgetChoice
 ) -> tuple[str, Fit]:
     """A DTG expansion's final prompt with the most new tags that fit the budget."""
     from .assemble import assemble
@@ -180,7 +188,7 @@ def fit_tags(
 
 
 def loop_limit(
-    classified: ClassifiedPrompt, settings: UpsampleSettings
+    classified: ClassifiedPrompt, settings: BudgetChoice
 ) -> Callable[[Sequence[str]], bool] | None:
     """For the DTG loop: a test of whether these new tags already fill the budget, or None."""
     if settings.budget == NONE:

@@ -39,6 +39,13 @@ class Limit:
     low_open: bool = False
     high_open: bool = False
 
+    def ui_range(self, step: float) -> tuple[float, float]:
+        """(minimum, maximum) for a slider or number box: the limit itself, one step inside
+        an open end (temperature accepts anything above 0; a slider needs a first stop)."""
+        low = self.low + step if self.low_open else self.low
+        high = self.high - step if self.high_open else self.high
+        return low, high
+
 
 # The one set of sampling limits. temperature above 2.5 only turns DTG's output into noise,
 # and top_k above 500 is no filter on a 32k vocabulary.

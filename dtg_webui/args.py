@@ -186,10 +186,5 @@ def _whole(value: Any) -> Any:
 
 
 def slider_range(name: str, step: float) -> tuple[float, float]:
-    """A panel slider's (minimum, maximum) for a sampling setting: the engine's own limits,
-    one step inside an open end (temperature accepts any value above 0, a slider needs a
-    first stop)."""
-    limit = SAMPLING_LIMITS[name]
-    low = limit.low + step if limit.low_open else limit.low
-    high = limit.high - step if limit.high_open else limit.high
-    return low, high
+    """A panel slider's (minimum, maximum) for a sampling setting: the engine's own limits."""
+    return SAMPLING_LIMITS[name].ui_range(step)
