@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .errors import CALLER_MISTAKE, DtgError
+
 if TYPE_CHECKING:
     from .dtg_format import ClassifiedPrompt
 
@@ -42,8 +44,10 @@ BUDGET_CHOICES = (NONE, FILL, *(f"chunks:{n}" for n in (1, 2, 3, 4)))  # what a 
 _CHUNKS = re.compile(r"chunks:(\d{1,3})")
 
 
-class BudgetError(ValueError):
+class BudgetError(DtgError, ValueError):
     """A budget that is not `none`, `fill` or `chunks:N` with N in 1..32."""
+
+    http_status = CALLER_MISTAKE
 
 
 def check_budget(budget: object) -> None:

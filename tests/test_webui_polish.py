@@ -118,4 +118,5 @@ def test_pasting_a_failed_job_restores_the_panel_and_the_prompt(webui, timing): 
         assert ERROR_KEY in pasted
         assert pasted["Prompt"] == "1girl,\nsolo"
         restored = [getter(pasted) for getter in _paste_getters(webui)]
-        assert restored == [*chosen[:-2], "auto", "cpu"], "DTG on, with the job's values"
+        # backend and device as the job ran them; the budget (last) as chosen
+        assert restored == [*chosen[:-3], "auto", "cpu", chosen[-1]], "DTG on, the job's values"
