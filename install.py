@@ -422,8 +422,8 @@ def status_for(
         "problem": llama_problem,
         "message": (
             f"{llama_problem}. DanTagGen uses the torch backend (Hugging Face models) instead; "
-            "to use GGUF models, install llama-cpp-python into the webui's Python yourself "
-            "and restart."
+            "to use GGUF models, install llama-cpp-python into this Python (the webui's or "
+            "ComfyUI's) yourself and restart."
         ),
         "attempt": attempt,
         "attempted_at": attempted_at,
@@ -484,7 +484,7 @@ class UvPip:
     python: str
 
     def __call__(self, command: str, desc: str | None = None) -> str:
-        print(f"Installing {desc} (uv)")
+        print(f"Installing {desc} (uv)", flush=True)
         index_url = os.environ.get("INDEX_URL")  # as the webui's run_pip honours it
         index = f" --index-url {index_url}" if index_url else ""
         line = f'{self.uv} pip {command} --python "{self.python}"{index}'
@@ -608,20 +608,24 @@ def _install_llama(
         when = time.strftime("%Y-%m-%d", time.gmtime(previous["attempted_at"] + RETRY_AFTER_S))
         print(
             f"{PREFIX} llama-cpp-python failed to install earlier; not retried before {when} "
-            f"(delete {STATUS_FILE.name} to retry now); the torch backend will be used."
+            f"(delete {STATUS_FILE.name} to retry now); models on Hugging Face folders use "
+            "the torch backend.",
+            flush=True,
         )
         return
     problem = installer.ensure_llama(llama_steps(machine, mode, build), _why_none(machine, mode))
     # Without pip or uv nothing was really tried: the next start-up tries again.
     write_status(status_for(problem, attempt, None if installer.no_installer else now))
     if problem:
-        print(f"{PREFIX} {problem}; the torch backend will be used.")
+        print(
+            f"{PREFIX} {problem}; models on Hugging Face folders use the torch backend.", flush=True
+        )
 
 
 def subprocess_run_pip(command: str, desc: str | None = None) -> str:
     """`python -m pip <command>` for hosts without the webui's run_pip (ComfyUI); raises
     RuntimeError with pip's output, as run_pip does, so Installer reads it the same way."""
-    print(f"{PREFIX} installing {desc}")
+    print(f"{PREFIX} installing {desc}", flush=True)
     line = f'"{sys.executable}" -m pip {command}'
     done = subprocess.run(
         line, shell=True, capture_output=True, text=True, errors="ignore", check=False
@@ -662,12 +666,15 @@ def main() -> None:
     try:
         import launch
     except ImportError as exc:
-        print(f"{PREFIX} install.py must be run by the webui (cannot import launch: {exc})")
+        print(
+            f"{PREFIX} install.py must be run by the webui (cannot import launch: {exc})",
+            flush=True,
+        )
         return
     try:
         install(launch, os.environ, sys.argv)
     except Exception as exc:  # whatever happens, the webui must start
-        print(f"{PREFIX} installer failed, the extension may lack packages: {exc!r}")
+        print(f"{PREFIX} installer failed, the extension may lack packages: {exc!r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -239,7 +239,16 @@ def test_example_workflow_runs_in_dependency_order(pack, dtg_gguf):
 
     mappings = pack[0]
     prompt = json.loads(WORKFLOW.read_text(encoding="utf-8"))
-    assert prompt["1"]["inputs"]["model"] == dtg_gguf
+    # Users get the default registry model (a download); the test runs the tiny one. The
+    # core "Preview as Text" node that shows the text in ComfyUI's page is not the pack's.
+    assert prompt["1"]["inputs"]["model"] == "delta-rev2"
+    assert prompt["3"] == {
+        "class_type": "PreviewAny",
+        "_meta": {"title": "Preview as Text"},
+        "inputs": {"source": ["2", 0]},
+    }
+    prompt["1"]["inputs"]["model"] = dtg_gguf
+    del prompt["3"]
     done = run_workflow(prompt, mappings)
     (final, new, original), ui = done["1"]
     assert original == ["1girl, solo, long hair, smile"]
