@@ -425,7 +425,7 @@ def test_whole_run_with_fake_launch(monkeypatch, tmp_path, capsys):
     assert "(cu121 wheel) failed" in out[0] and "trying llama-cpp-python (cpu wheel)" in out[0]
     assert "(cpu wheel) failed" in out[1] and "(source build, CPU)" in out[1]
     assert "building llama-cpp-python from source" in out[2]
-    assert "torch backend will be used" in out[3]
+    assert "Hugging Face folders use the torch backend" in out[3]
 
 
 # --- a failed llama-cpp-python install is not retried at every start-up -----------
