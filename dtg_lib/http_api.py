@@ -603,5 +603,8 @@ def list_models(model_dir: Path) -> dict[str, Any]:
     local = models.list_local_models(model_dir)
     return {
         "registry": models.model_choices(),
+        # Each registry model with its family and licence (the TIPO fine-tunes carry the
+        # author's own licence), and the ones that are listed as not supported.
+        "models": models.registry_models(),
         "local": [{"name": m.name, "kind": m.kind, "size": m.size} for m in local],
     }

@@ -198,6 +198,8 @@ def test_models_route(client):
     data = client.get("/dtg/v1/models").json()
     assert "delta-rev2" in data["registry"] and "delta-rev2:hf" in data["registry"]
     assert data["local"] == [{"name": "mine.gguf", "kind": "gguf", "size": 4}]
+    licences = {m["name"]: m["licence"] for m in data["models"] if m["supported"]}
+    assert licences["tipo-500m-ft"] == "kohaku-license-1.0" and licences["delta-rev2"]
 
 
 def test_router_is_mountable_twice_under_one_app(fake, tmp_path):
