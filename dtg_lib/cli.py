@@ -231,10 +231,15 @@ def _expand(args: argparse.Namespace, logged: _LoggedMessages) -> int:
         seed = _chosen_seed(args.seed)
         # Passed only when given, so an upsampler of a caller's own need not take it.
         nl = {"nl_prompt": args.nl} if args.nl else {}
-        with progress_display(sys.stderr) as progress:
-            result = upsampler.upsample(
-                args.prompt, settings, seed, args.width, args.height, progress=progress, **nl
-            )
+        try:
+            with progress_display(sys.stderr) as progress:
+                result = upsampler.upsample(
+                    args.prompt, settings, seed, args.width, args.height, progress=progress, **nl
+                )
+        finally:
+            # Closed here, not by the collector at interpreter exit, when llama-cpp-python's
+            # own clean-up can no longer run and prints a traceback instead.
+            _unload(upsampler)
     except SettingsError as exc:
         print(f"error: invalid setting: {exc}", file=sys.stderr)
         return 2
@@ -418,6 +423,12 @@ def _chosen_seed(seed: int) -> int:
     drawn = random.randrange(2**32)
     print(f"seed: {drawn}", file=sys.stderr)
     return drawn
+
+
+def _unload(upsampler: Any) -> None:
+    unload = getattr(upsampler, "unload", None)  # a caller's own upsampler may have none
+    if callable(unload):
+        unload()
 
 
 def _upsampler(args: argparse.Namespace) -> Any:

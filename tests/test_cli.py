@@ -102,6 +102,28 @@ def test_seed_minus_one_draws_a_seed_and_prints_it(capsys, monkeypatch):
     assert seen[-1] == 7 and capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_model_is_closed_before_the_cli_returns(capsys, monkeypatch, fails):
+    # Left to the collector at interpreter exit, llama-cpp-python's clean-up prints a
+    # traceback; the CLI closes the model itself, after a failure too.
+    import types
+
+    unloads = []
+
+    class ClosingUpsampler:
+        def upsample(self, prompt, settings, seed, width, height, progress=None):
+            if fails:
+                raise RuntimeError("the model ran out of memory")
+            return types.SimpleNamespace(final_prompt=prompt)
+
+        def unload(self):
+            unloads.append(1)
+
+    monkeypatch.setattr(cli, "_upsampler", lambda args: ClosingUpsampler())
+    assert cli.main(["1girl"]) == (1 if fails else 0)
+    assert unloads == [1]
+
+
 def test_serve_runs_the_app_in_a_child_process_and_never_imports_it():
     # A bad port is refused by the app's own parser: the exit code and message are the child's.
     script = (

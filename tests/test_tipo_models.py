@@ -219,27 +219,32 @@ def test_tiny_tipo_model_answers_in_tipo_format(tiny_tipo_model):
     )
 
     llm = llama_cpp.Llama(str(tiny_tipo_model.gguf_f16), n_ctx=1024, verbose=False, seed=1)
-    sampling = TipoSampling()
-    request = TipoRequest(tags={Category.SPECIAL: ["1girl", "solo"], Category.GENERAL: ["smile"]})
-    steps = (
-        (TipoPass(None, "long", True), "tag"),
-        (TipoPass("tag_to_long", "long", False), "long"),
-    )
-    for step, section in steps:
-        given = build_model_input(request, step)
-        before = dict(split_sections(given)).get(section, "")
-        for seed in range(3):
-            out = llm(
-                given,
-                max_tokens=sampling.max_new_tokens,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                min_p=sampling.min_p,
-                seed=seed,
-            )["choices"][0]
-            assert out["finish_reason"] == "stop"  # it ends with EOS, as TIPO does
-            assert len(dict(split_sections(given + out["text"]))[section]) > len(before)
+    try:
+        sampling = TipoSampling()
+        request = TipoRequest(
+            tags={Category.SPECIAL: ["1girl", "solo"], Category.GENERAL: ["smile"]}
+        )
+        steps = (
+            (TipoPass(None, "long", True), "tag"),
+            (TipoPass("tag_to_long", "long", False), "long"),
+        )
+        for step, section in steps:
+            given = build_model_input(request, step)
+            before = dict(split_sections(given)).get(section, "")
+            for seed in range(3):
+                out = llm(
+                    given,
+                    max_tokens=sampling.max_new_tokens,
+                    temperature=sampling.temperature,
+                    top_k=sampling.top_k,
+                    top_p=sampling.top_p,
+                    min_p=sampling.min_p,
+                    seed=seed,
+                )["choices"][0]
+                assert out["finish_reason"] == "stop"  # it ends with EOS, as TIPO does
+                assert len(dict(split_sections(given + out["text"]))[section]) > len(before)
+    finally:
+        llm.close()  # not left to the collector at interpreter exit
 
 
 def test_a_registry_tipo_model_is_chosen_as_tipo_and_an_offline_miss_names_it(tmp_path):
