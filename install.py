@@ -16,6 +16,10 @@ Flag (in COMMANDLINE_ARGS, registered by preload.py): --dtg-no-llama-build, preb
 wheels only, never the source build (minutes, and it needs a compiler).
 
 In a venv without pip (made by uv), packages go in through `uv pip install --python`.
+ComfyUI's first import of the node pack calls `install_prebuilt` (prebuilt wheels only).
+
+One file of ~700 lines on purpose: the webui runs it alone, by path, before any of the
+extension's packages can be imported, so it cannot be split into modules it imports.
 """
 
 from __future__ import annotations
