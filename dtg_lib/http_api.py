@@ -55,6 +55,7 @@ from .limits import (
     MAX_SIZE,
     REQUEST_TIMEOUT_S,
 )
+from .public_text import public_text
 from .settings import SettingsError, UpsampleSettings
 from .upsampler import Cancelled
 
@@ -70,11 +71,6 @@ RANDOM_SEED = -1
 _SEED_LIMIT = 2**63  # keeps seeds inside what JSON clients and numpy-based code round-trip
 # How often a running request checks whether its client is still there.
 _DISCONNECT_POLL_S = 0.25
-# A message to a client is cut here; the server log keeps the whole of it.
-_MAX_DETAIL_CHARS = 2000
-# What messages say instead of these folders' paths.
-_FOLDER_NAME = "<model folder>"
-_CACHE_NAME = "<Hugging Face cache>"
 # Not an HTTP standard code: nginx's "client closed the request", for the log only.
 _CLIENT_GONE = 499
 
@@ -178,44 +174,6 @@ def _json(status: int, payload: dict[str, Any]) -> Any:
 def _problem(status: int, detail: str, model_dir: Path | None) -> Any:
     """The one error answer: `{"detail": ...}`, public and encodable."""
     return _json(status, {"detail": public_text(detail, model_dir)})
-
-
-def public_text(text: str, model_dir: Path | None = None) -> str:
-    """`text` as a client may see it: no server folder, always valid UTF-8, not huge.
-
-    The model folder becomes "<model folder>", the Hugging Face cache
-    "<Hugging Face cache>", the home folder "~".
-    """
-    for folder, name in _private_folders(model_dir):
-        text = text.replace(folder, name)
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > _MAX_DETAIL_CHARS:
-        text = text[: _MAX_DETAIL_CHARS - 3] + "..."
-    return text
-
-
-def _private_folders(model_dir: Path | None) -> list[tuple[str, str]]:
-    """(path, public name), longest path first so a folder inside another goes first."""
-    pairs = []
-    if model_dir is not None:
-        pairs += [(str(model_dir), _FOLDER_NAME), (str(_resolved(model_dir)), _FOLDER_NAME)]
-    cache = models.hf_cache_dir()
-    if cache:
-        pairs += [
-            (cache, "<Hugging Face cache>"),
-            (str(_resolved(Path(cache))), "<Hugging Face cache>"),
-        ]
-    home = Path.home()
-    pairs += [(str(home), "~"), (str(_resolved(home)), "~")]
-    # A folder of one or two characters ("/") would mangle every sentence.
-    return sorted({p for p in pairs if len(p[0]) > 2}, key=lambda p: -len(p[0]))
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return path
 
 
 def _public_model_name(name: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dtg_lib.errors import DtgError
-from dtg_lib.http_api import public_text
+from dtg_lib.public_text import public_text
 from dtg_lib.settings import TIMINGS, SettingsError, UpsampleSettings
 
 from . import engine, host
