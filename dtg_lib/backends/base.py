@@ -123,6 +123,23 @@ def leads_elsewhere(loaded: FileStamp, now: FileStamp) -> bool:
     return any(name in before and before[name] != real for name, real, *_ in now)
 
 
+def reload_wanted(path: Path, loaded: FileStamp) -> bool:
+    """Whether the model at `path` changed since it was loaded (its stamp `loaded`).
+
+    Raises ModelLoadError when a file of it now leads somewhere else: that is not
+    reloaded (see `leads_elsewhere`).
+    """
+    now = file_stamp(path)
+    if now == loaded:
+        return False
+    if leads_elsewhere(loaded, now):
+        raise ModelLoadError(
+            f"{path} now leads to another file than the one loaded; "
+            "it is not reloaded (name the model again to load what it is now)"
+        )
+    return True
+
+
 def fold_seed(seed: int) -> int:
     """Map any integer seed (negative, huge) onto the range both libraries accept."""
     return int(seed) % _SEED_RANGE

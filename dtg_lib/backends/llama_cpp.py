@@ -20,9 +20,9 @@ from .base import (
     Stopwatch,
     file_stamp,
     fold_seed,
-    leads_elsewhere,
     new_token_budget,
     normalize_device,
+    reload_wanted,
 )
 from .llama_params import extra_buffers_wanted, mmap_wanted, model_params
 
@@ -226,14 +226,8 @@ class LlamaCppBackend:
         loads raises ModelLoadError and leaves the backend closed.
         """
         llm = self._require_open()
-        stamp = file_stamp(self.model_path)
-        if stamp == self._stamp:
+        if not reload_wanted(self.model_path, self._stamp):
             return llm
-        if leads_elsewhere(self._stamp, stamp):
-            raise ModelLoadError(
-                f"{self.model_path} now leads to another file than the one loaded; "
-                "it is not reloaded (name the model again to load what it is now)"
-            )
         log.warning("model file %s changed since it was loaded; reloading it", self.model_path)
         self._llm, self._evaluated, self._marker_id = None, None, _UNSET
         _close_llama(llm)

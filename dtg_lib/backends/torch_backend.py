@@ -24,9 +24,9 @@ from .base import (
     ModelLoadError,
     Stopwatch,
     file_stamp,
-    leads_elsewhere,
     new_token_budget,
     normalize_device,
+    reload_wanted,
 )
 from .torch_sampling import BatchDecoder, Row
 from .torch_steps import StepFactory, resolve_decode_mode
@@ -404,14 +404,8 @@ class TorchBackend:
         loads raises ModelLoadError and leaves the backend closed.
         """
         loaded = self._require_open()
-        stamp = file_stamp(self.model_path)
-        if stamp == self._stamp:
+        if not reload_wanted(self.model_path, self._stamp):
             return loaded
-        if leads_elsewhere(self._stamp, stamp):
-            raise ModelLoadError(
-                f"a file of {self.model_path} now leads to another file than the one loaded; "
-                "it is not reloaded (name the model again to load what it is now)"
-            )
         log.warning("model folder %s changed since it was loaded; reloading it", self.model_path)
         self._model = self._tokenizer = None
         self._steps.clear()
