@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.fresh_process import median_cell, status_mb, trial  # noqa: E402
 
 DEFAULT_MODEL_DIR = REPO / ".cache" / "bench-model"
 PROMPT = "1girl, solo, long hair, smile"
@@ -50,14 +50,6 @@ ROWS = (
     ("torch", "read"),
     ("torch", "mmap"),
 )
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    return float("nan")
 
 
 def _load(kind: str, variant: str, model: Path) -> Any:
@@ -93,21 +85,15 @@ def child(kind: str, variant: str, model: Path) -> dict[str, Any]:
         "first_gen_s": generated - loaded,
         "total_s": generated - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "anon_mb": _status_mb("RssAnon"),
-        "file_mb": _status_mb("RssFile"),
+        "anon_mb": status_mb("RssAnon"),
+        "file_mb": status_mb("RssFile"),
     }
     backend.close()
     return row
 
 
 def _trial(kind: str, variant: str, model: Path) -> dict[str, Any] | None:
-    command = [sys.executable, __file__, "--child", kind, variant, str(model)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        print(f"  {kind} {variant}: failed ({done.returncode}): {done.stderr[-500:]}")
-        return None
-    return json.loads(lines[-1])
+    return trial(__file__, kind, variant, str(model))
 
 
 def _model_for(kind: str, model_dir: Path, gguf: str) -> Path:
@@ -133,13 +119,6 @@ def _rounded(row: dict[str, float]) -> dict[str, float]:
     return {key: round(value, 3) for key, value in row.items()}
 
 
-def _cell(values: list[float], digits: int) -> str:
-    return (
-        f"{statistics.median(values):.{digits}f} "
-        f"({min(values):.{digits}f}-{max(values):.{digits}f})"
-    )
-
-
 def report(results: dict[str, list[dict]]) -> None:
     columns = (
         ("load_s", 2),
@@ -152,7 +131,7 @@ def report(results: dict[str, list[dict]]) -> None:
     print("\nmedian (min-max) over", max(len(v) for v in results.values()), "trials")
     print(f"{'row':<16}" + "".join(f"{name:>22}" for name, _ in columns))
     for name, rows in results.items():
-        cells = [_cell([row[key] for row in rows], digits) for key, digits in columns]
+        cells = [median_cell([row[key] for row in rows], digits) for key, digits in columns]
         print(f"{name:<16}" + "".join(f"{cell:>22}" for cell in cells))
 
 

@@ -27,8 +27,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,18 +35,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fresh_process import median_cell, status_mb, trial  # noqa: E402
+
 DEFAULT_MODEL = REPO / ".cache" / "bench-model" / "hf"
 # "after" is the backend as it is; "before" loads through transformers as it used to.
 VARIANTS = ("after", "before")
 COLUMNS = (("load_s", 2), ("peak_rss_mb", 0), ("anon_mb", 0), ("copies", 0))
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    return float("nan")
 
 
 def _load_through_transformers(self: Any, common: dict[str, Any]) -> Any:
@@ -85,7 +77,7 @@ def child(variant: str, dtype: str, model: Path) -> dict[str, Any]:
     row = {
         "load_s": loaded - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "anon_mb": _status_mb("RssAnon"),
+        "anon_mb": status_mb("RssAnon"),
         "copies": float(sum(copies)),
         "dtype": str(next(backend._model.parameters()).dtype),
     }
@@ -94,13 +86,7 @@ def child(variant: str, dtype: str, model: Path) -> dict[str, Any]:
 
 
 def _trial(variant: str, dtype: str, model: Path) -> dict[str, Any] | None:
-    command = [sys.executable, __file__, "--child", variant, dtype, str(model)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        print(f"  {dtype} {variant}: failed ({done.returncode}): {done.stderr[-500:]}")
-        return None
-    return json.loads(lines[-1])
+    return trial(__file__, variant, dtype, str(model))
 
 
 def run(model: Path, pairs: int, dtypes: list[str]) -> dict[str, list[dict]]:
@@ -118,19 +104,12 @@ def run(model: Path, pairs: int, dtypes: list[str]) -> dict[str, list[dict]]:
     return results
 
 
-def _cell(values: list[float], digits: int) -> str:
-    return (
-        f"{statistics.median(values):.{digits}f} "
-        f"({min(values):.{digits}f}-{max(values):.{digits}f})"
-    )
-
-
 def report(results: dict[str, list[dict]]) -> None:
     print("\nmedian (min-max) over", max(len(v) for v in results.values()), "trials")
     print(f"{'row':<14}" + "".join(f"{name:>22}" for name, _ in COLUMNS))
     for name in sorted(results):
         rows = results[name]
-        cells = [_cell([row[key] for row in rows], digits) for key, digits in COLUMNS]
+        cells = [median_cell([row[key] for row in rows], digits) for key, digits in COLUMNS]
         print(f"{name:<14}" + "".join(f"{cell:>22}" for cell in cells))
 
 
