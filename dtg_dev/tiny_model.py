@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -789,18 +789,20 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, steps: int = TRAIN_STEPS) 
 
 
 def _cached_build_matches(out_dir: Path, seed: int) -> bool:
-    try:
-        info = json.loads((out_dir / BUILD_INFO).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(info, dict):
-        return False
     layout = _layout(out_dir)
     files = (layout.gguf_f16, layout.gguf_f32, layout.hf_dir / "model.safetensors")
+    return _build_matches(out_dir, RECIPE_VERSION, seed, TRAIN_STEPS, files)
+
+
+def _build_matches(
+    out_dir: Path, recipe: int, seed: int, steps: int, files: Sequence[Path]
+) -> bool:
+    """Whether `out_dir` holds a finished build of this recipe, seed and step count."""
+    info = _read_build_info(out_dir)
     return (
-        info.get("recipe") == RECIPE_VERSION
+        info.get("recipe") == recipe
         and info.get("seed") == seed
-        and info.get("steps") == TRAIN_STEPS
+        and info.get("steps") == steps
         and all(f.is_file() for f in files)
     )
 
@@ -808,19 +810,23 @@ def _cached_build_matches(out_dir: Path, seed: int) -> bool:
 def tiny_model_cached(cache_dir: Path, *, seed: int = 0) -> TinyModel:
     """Reuse the build in `cache_dir` when its recipe matches, else build it there."""
     cache_dir = Path(cache_dir)
-    if _cached_build_matches(cache_dir, seed):
-        return _layout(cache_dir)
-    # Build beside the target and swap it in, so an interrupted build never looks valid.
+    if not _cached_build_matches(cache_dir, seed):
+        _build_into(
+            cache_dir,
+            lambda staging: build_tiny_model(staging, seed=seed),
+            lambda: _cached_build_matches(cache_dir, seed),
+        )
+    return _layout(cache_dir)
+
+
+def _build_into(
+    cache_dir: Path, build: Callable[[Path], object], done_meanwhile: Callable[[], bool]
+) -> None:
+    """Build beside the target and swap it in, so an interrupted build never looks valid."""
     staging = cache_dir.with_name(f".{cache_dir.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    build_tiny_model(staging, seed=seed)
-    if _cached_build_matches(cache_dir, seed):  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-        return _layout(cache_dir)
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(cache_dir)
-    return _layout(cache_dir)
+    build(staging)
+    _swap_in(staging, cache_dir, done_meanwhile())
 
 
 # ------------------------------------------------------------------ tiny TIPO model
@@ -949,13 +955,7 @@ def build_tiny_tipo_model(
 def _tipo_build_matches(out_dir: Path, seed: int) -> bool:
     layout = _tipo_layout(out_dir)
     files = (layout.gguf_f16, layout.hf_dir / "model.safetensors")
-    info = _read_build_info(out_dir)
-    return (
-        info.get("recipe") == TIPO_RECIPE_VERSION
-        and info.get("seed") == seed
-        and info.get("steps") == TIPO_TRAIN_STEPS
-        and all(f.is_file() for f in files)
-    )
+    return _build_matches(out_dir, TIPO_RECIPE_VERSION, seed, TIPO_TRAIN_STEPS, files)
 
 
 def _read_build_info(out_dir: Path) -> dict[str, Any]:
@@ -974,10 +974,11 @@ def tiny_tipo_model_cached(cache_dir: Path, *, seed: int = 0) -> TinyTipoModel:
     """
     cache_dir = Path(cache_dir)
     if not _tipo_build_matches(cache_dir, seed):
-        staging = cache_dir.with_name(f".{cache_dir.name}.building-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        build_tiny_tipo_model(staging, seed=seed)
-        _swap_in(staging, cache_dir, _tipo_build_matches(cache_dir, seed))
+        _build_into(
+            cache_dir,
+            lambda staging: build_tiny_tipo_model(staging, seed=seed),
+            lambda: _tipo_build_matches(cache_dir, seed),
+        )
     return _tipo_layout(cache_dir)
 
 
