@@ -103,6 +103,9 @@ class UpsampleSettings:
     # writes (`target` stays the tag length), and whether to also write a caption.
     nl_length: str = "long"
     caption: bool = False
+    # TIPO models only: let the last pass also write meta lines (artist, characters, ...),
+    # whose new tags join the result like the general ones.
+    gen_meta: bool = False
     # The CLIP token budget of the final prompt: "none", "fill" or "chunks:N" (see budget).
     budget: str = "none"
 
@@ -119,8 +122,10 @@ class UpsampleSettings:
             raise SettingsError(
                 f"unknown nl_length {self.nl_length!r}: choose one of {', '.join(TARGETS)}"
             )
-        if not isinstance(self.caption, bool):
-            raise SettingsError(f"caption must be true or false, got {self.caption!r}")
+        for name in ("caption", "gen_meta"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise SettingsError(f"{name} must be true or false, got {value!r}")
         if self.timing not in TIMINGS:
             raise SettingsError(f"unknown timing {self.timing!r}: choose 'after' or 'before'")
         if not isinstance(self.model, str) or not self.model.strip():
