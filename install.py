@@ -16,7 +16,8 @@ Flag (in COMMANDLINE_ARGS, registered by preload.py): --dtg-no-llama-build, preb
 wheels only, never the source build (minutes, and it needs a compiler).
 
 In a venv without pip (made by uv), packages go in through `uv pip install --python`.
-ComfyUI's first import of the node pack calls `install_prebuilt` (prebuilt wheels only).
+For ComfyUI (its first import of the node pack, and ComfyUI Manager running this file in
+the node folder) `install_for_comfyui` runs `install_prebuilt`: prebuilt wheels only.
 
 One file of ~700 lines on purpose: the webui runs it alone, by path, before any of the
 extension's packages can be imported, so it cannot be split into modules it imports.
@@ -140,13 +141,31 @@ class Machine:
     arch: str  # platform.machine(), lower case
     python: tuple[int, int]
     torch_version: str | None = None  # "2.1.2+cu121"
-    cuda_runtime: str | None = None  # version of nvidia-cuda-runtime-cu12, pulled in by torch
+    # Version of the CUDA runtime wheel torch pulled in: nvidia-cuda-runtime-cu12 up to
+    # torch 2.8 or so, nvidia-cuda-runtime (no suffix; 13.x) with the CUDA 13 builds.
+    cuda_runtime: str | None = None
 
 
 @dataclass(frozen=True)
 class Accelerator:
     kind: str  # cuda, rocm, metal, cpu
     version: tuple[int, ...] = ()
+
+
+CUDA_RUNTIME_WHEELS = (
+    "nvidia-cuda-runtime",
+    "nvidia-cuda-runtime-cu13",
+    "nvidia-cuda-runtime-cu12",
+)
+
+
+def cuda_runtime_version() -> str | None:
+    """The CUDA runtime torch installed from PyPI, whichever name its wheel has."""
+    for name in CUDA_RUNTIME_WHEELS:
+        version = installed_version(name)
+        if version:
+            return version
+    return None
 
 
 def detect_accelerator(machine: Machine) -> Accelerator:
@@ -555,7 +574,7 @@ def this_machine() -> Machine:
         arch=platform.machine().lower(),
         python=sys.version_info[:2],
         torch_version=installed_version("torch"),
-        cuda_runtime=installed_version("nvidia-cuda-runtime-cu12"),
+        cuda_runtime=cuda_runtime_version(),
     )
 
 
@@ -666,12 +685,51 @@ def install_prebuilt(environ: Mapping[str, str]) -> None:
             Path(constraints).unlink(missing_ok=True)
 
 
+# --- ComfyUI ----------------------------------------------------------------------
+
+COMFY_SWITCH = "DTG_COMFY_INSTALL"  # "0": the node pack installs nothing (tests set it)
+
+
+def comfyui_host(environ: Mapping[str, str], extension_dir: Path = EXTENSION_DIR) -> bool:
+    """Whether this file runs for ComfyUI rather than outside any host.
+
+    ComfyUI Manager runs a node folder's install.py (`python install.py`, cwd at the
+    folder, after requirements.txt) with COMFYUI_PATH set, as comfy-cli does; an older
+    Manager, or a person, runs it without: then the folder tells, ComfyUI/custom_nodes/
+    <this folder> with ComfyUI's own folder_paths.py above."""
+    if environ.get("COMFYUI_PATH", "").strip():
+        return True
+    custom_nodes = extension_dir.parent
+    comfyui = custom_nodes.parent
+    return custom_nodes.name == "custom_nodes" and (comfyui / "folder_paths.py").is_file()
+
+
+def install_for_comfyui(environ: Mapping[str, str]) -> None:
+    """ComfyUI's one way in, for the pack's first import (dtg_comfy.first_start) and for
+    ComfyUI Manager's run of this file: install_prebuilt, unless DTG_COMFY_INSTALL=0."""
+    if environ.get(COMFY_SWITCH, "1").strip() == "0":
+        return
+    install_prebuilt(environ)
+
+
+def _main_for_comfyui(environ: Mapping[str, str]) -> None:
+    print(f"{PREFIX} installing for ComfyUI (prebuilt llama-cpp-python wheels only)", flush=True)
+    try:
+        install_for_comfyui(environ)
+    except Exception as exc:  # ComfyUI Manager must not see a failed install: torch works
+        print(f"{PREFIX} installer failed, the node pack may lack packages: {exc!r}", flush=True)
+
+
 def main() -> None:
     try:
         import launch
     except ImportError as exc:
+        if comfyui_host(os.environ):
+            _main_for_comfyui(os.environ)
+            return
         print(
-            f"{PREFIX} install.py must be run by the webui (cannot import launch: {exc})",
+            f"{PREFIX} install.py must be run by the webui (cannot import launch: {exc}) "
+            "or from ComfyUI's custom_nodes folder",
             flush=True,
         )
         return

@@ -19,6 +19,7 @@ from dtg_lib.models import REGISTRY, is_registry_name, list_local_models
 from dtg_lib.settings import UpsampleSettings
 
 from . import host
+from .inputs import JobItem, JobRequest
 
 log = logging.getLogger("dtg")
 
@@ -94,56 +95,79 @@ def model_location(name: str, folders: Sequence[Path]) -> Path | None:
 @dataclass(frozen=True)
 class JobOutcome:
     results: list[Any]  # one dtg_lib Result each, or None where the prompt passed through
-    problem: str = ""  # why the prompts passed through unchanged; "" when they did not
+    problems: list[str]  # why an item passed through unchanged; "" where it did not
     notices: tuple[str, ...] = ()
 
-
-@dataclass(frozen=True)
-class JobRequest:
-    prompts: list[str]
-    seeds: list[int]
-    nl_prompts: list[str]
-    width: int
-    height: int
-    strict: bool
+    @property
+    def told(self) -> list[str]:
+        """What the node's text says before the prompts: each problem, else the notices."""
+        problems = [problem for problem in self.problems if problem]
+        return list(dict.fromkeys(problems)) if problems else list(self.notices)
 
 
-def run_job(request: JobRequest, settings: UpsampleSettings | DtgError) -> JobOutcome:
-    """Expands the prompts together; a DTG problem (missing or corrupt model, missing
-    backend, a bad setting) passes them through unchanged unless `strict`."""
-    try:
-        if isinstance(settings, DtgError):
-            raise settings
-        return _expanded(request, settings)
-    except DtgError as exc:
-        if request.strict:
-            raise
-        problem = f"DTG: prompt left unchanged: {exc}"
-        log.warning("%s", problem)
-        return JobOutcome([None] * len(request.prompts), problem)
+def run_job(request: JobRequest) -> JobOutcome:
+    """Expands the items, those with the same settings and size together (one
+    upsample_many call each). A DTG problem (missing or corrupt model, missing backend,
+    a bad setting) passes that call's prompts through unchanged unless `strict`;
+    ComfyUI's interrupt stops the whole job."""
+    count = len(request.items)
+    results: list[Any] = [None] * count
+    problems = [""] * count
+    notices: list[str] = []
+    for (settings, _, _), indices in _batches(request.items).items():
+        items = [request.items[index] for index in indices]
+        try:
+            done = _expanded(items, settings)
+        except DtgError as exc:
+            if request.strict:
+                raise
+            problem = f"DTG: prompt left unchanged: {exc}"
+            log.warning("%s", problem)
+            for index in indices:
+                problems[index] = problem
+            continue
+        for index, result in zip(indices, done):
+            results[index] = result
+        notices.extend(notice for result in done for notice in result.notices)
+    told = tuple(dict.fromkeys(notices))
+    for notice in told:
+        log.info("DTG: %s", notice)
+    return JobOutcome(results, problems, told)
 
 
-def _expanded(request: JobRequest, settings: UpsampleSettings) -> JobOutcome:
+BatchKey = tuple[UpsampleSettings | DtgError, int, int]
+
+
+def _batches(items: Sequence[JobItem]) -> dict[BatchKey, list[int]]:
+    """The items' indices by (settings, width, height), in the order first seen."""
+    batches: dict[BatchKey, list[int]] = {}
+    for index, item in enumerate(items):
+        batches.setdefault((item.settings, item.width, item.height), []).append(index)
+    return batches
+
+
+def _expanded(items: Sequence[JobItem], settings: UpsampleSettings | DtgError) -> list[Any]:
+    if isinstance(settings, DtgError):
+        raise settings
     folders = host.model_folders()
     engine = get_engine(model_location(settings.model, folders))
     cancel = threading.Event()
     with host.progress_bar(cancel) as (progress, interrupts):
         try:
             results = engine.upsample_many(
-                request.prompts,
+                [item.prompt for item in items],
                 settings,
-                request.seeds,
-                request.width,
-                request.height,
+                [item.seed for item in items],
+                items[0].width,
+                items[0].height,
                 cancel=cancel,
                 progress=progress,
-                nl_prompts=request.nl_prompts,
+                nl_prompts=[item.nl_prompt for item in items],
             )
         except DtgError:
             if interrupts:  # the user pressed Cancel: ComfyUI expects its own exception
                 raise interrupts[0] from None
             raise
-    notices = tuple(dict.fromkeys(n for result in results for n in result.notices))
-    for notice in notices:
-        log.info("DTG: %s", notice)
-    return JobOutcome(list(results), notices=notices)
+    if interrupts:  # pressed after the last check: the workflow must stop all the same
+        raise interrupts[0]
+    return list(results)

@@ -2,9 +2,9 @@
 
 ComfyUI Manager installs requirements.txt, which holds only what always installs. The
 rest (tipo-kgen without its torch requirement, llama-cpp-python from a prebuilt wheel)
-goes through install.py's `install_prebuilt`: never a source build at start-up, a
-failed attempt not retried for a week, and every failure one printed line. Without
-llama.cpp the torch backend is used.
+goes through install.py's `install_for_comfyui` (the same one ComfyUI Manager's run of
+install.py takes): never a source build at start-up, a failed attempt not retried for a
+week, and every failure one printed line. Without llama.cpp the torch backend is used.
 
 DTG_COMFY_INSTALL=0 turns this off (tests do); DTG_LLAMA_CPP=skip|cpu as for the webui.
 """
@@ -24,7 +24,6 @@ log = logging.getLogger("dtg")
 INSTALL_SCRIPT = Path(__file__).resolve().parent.parent / "install.py"
 # A name of its own: another node pack's install.py must not be found in its place.
 MODULE_NAME = "dtg_install_for_comfyui"
-SWITCH = "DTG_COMFY_INSTALL"
 
 
 def load_install_script(path: Path = INSTALL_SCRIPT) -> ModuleType:
@@ -39,9 +38,7 @@ def load_install_script(path: Path = INSTALL_SCRIPT) -> ModuleType:
 
 def install_missing(environ: Mapping[str, str] = os.environ) -> None:
     """Installs what is missing; never raises, since ComfyUI must start regardless."""
-    if environ.get(SWITCH, "1").strip() == "0":
-        return
     try:
-        load_install_script().install_prebuilt(environ)
+        load_install_script().install_for_comfyui(environ)
     except Exception as exc:  # an installer problem must not stop ComfyUI from starting
         log.warning("DTG: installing llama-cpp-python skipped: %s: %s", type(exc).__name__, exc)

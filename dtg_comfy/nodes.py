@@ -3,7 +3,7 @@
 Inputs are typed, with tooltips; every input becomes an `UpsampleSettings` (inputs.py),
 with the engine's defaults and limits. A missing or corrupt model, or a missing backend,
 passes the prompt through unchanged with the reason in the node's text and the console,
-unless "strict" is on.
+unless "strict" is on. The text shows on the node through web/dtg_text.js.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dtg_lib.budget import BUDGET_CHOICES
 from dtg_lib.models import DTG_FAMILY, TIPO_FAMILY
 from dtg_lib.settings import (
     DEVICES,
@@ -139,7 +140,18 @@ def _common_inputs(family: str, default_model: str) -> dict[str, Any]:
     }
 
 
-_OPTIONAL = {"latent": ("LATENT", {"tooltip": "takes width and height from this latent"})}
+# Optional, after the required inputs: a saved workflow's widget values keep their places.
+_OPTIONAL = {
+    "latent": ("LATENT", {"tooltip": "takes width and height from this latent"}),
+    "budget": (
+        list(BUDGET_CHOICES),
+        {
+            "default": UpsampleSettings.budget,
+            "tooltip": "CLIP token budget: fill the 75-token chunk the prompt reaches, "
+            "or at most N chunks; new tags are trimmed, never yours",
+        },
+    ),
+}
 
 
 class _Expand:
@@ -153,19 +165,19 @@ class _Expand:
 
     @classmethod
     def IS_CHANGED(cls, **given: Any) -> str:
-        return inputs.inputs_key(given, _model_file_stamp(inputs.first(given.get("model"))))
+        names = dict.fromkeys(inputs.as_list(given.get("model")))
+        return inputs.inputs_key(given, ";".join(_model_file_stamp(name) for name in names))
 
     def expand(self, **given: Any) -> dict[str, Any]:
         host.hook_unload(engine.unload)
         request = inputs.request_from(given)
-        outcome = engine.run_job(request, inputs.settings_from(given))
+        outcome = engine.run_job(request)
         outputs = self.outputs(request, outcome)
-        # The node's text: why the prompts were kept, or the engine's notices, then what
-        # it wrote (also what the history shows without any image node).
-        told = [outcome.problem] if outcome.problem else list(outcome.notices)
-        return {"ui": {"text": [*told, *outputs[0]]}, "result": outputs}
+        # The node's text (web/dtg_text.js shows it on the node): why prompts were kept,
+        # or the engine's notices, then what it wrote; the history holds it too.
+        return {"ui": {"text": [*outcome.told, *outputs[0]]}, "result": outputs}
 
-    def outputs(self, request: engine.JobRequest, outcome: engine.JobOutcome) -> tuple:
+    def outputs(self, request: inputs.JobRequest, outcome: engine.JobOutcome) -> tuple:
         raise NotImplementedError
 
 
@@ -187,12 +199,12 @@ class DTGUpsample(_Expand):
             "optional": dict(_OPTIONAL),
         }
 
-    def outputs(self, request: engine.JobRequest, outcome: engine.JobOutcome) -> tuple:
+    def outputs(self, request: inputs.JobRequest, outcome: engine.JobOutcome) -> tuple:
         finals, news = [], []
-        for prompt, result in zip(request.prompts, outcome.results):
-            finals.append(prompt if result is None else result.final_prompt)
+        for item, result in zip(request.items, outcome.results):
+            finals.append(item.prompt if result is None else result.final_prompt)
             news.append("" if result is None else ", ".join(result.new_tags))
-        return finals, news, list(request.prompts)
+        return finals, news, [item.prompt for item in request.items]
 
 
 class TIPOUpsample(_Expand):
@@ -226,21 +238,29 @@ class TIPOUpsample(_Expand):
             "BOOLEAN",
             {"default": UpsampleSettings.caption, "tooltip": "also write a long caption"},
         )
-        return {"required": required, "optional": dict(_OPTIONAL)}
+        optional = dict(_OPTIONAL)
+        optional["gen_meta"] = (
+            "BOOLEAN",
+            {
+                "default": UpsampleSettings.gen_meta,
+                "tooltip": "also let TIPO write meta lines (artist, characters, ...) as new tags",
+            },
+        )
+        return {"required": required, "optional": optional}
 
-    def outputs(self, request: engine.JobRequest, outcome: engine.JobOutcome) -> tuple:
+    def outputs(self, request: inputs.JobRequest, outcome: engine.JobOutcome) -> tuple:
         finals, news, sentences = [], [], []
-        for prompt, text, result in zip(request.prompts, request.nl_prompts, outcome.results):
+        for item, result in zip(request.items, outcome.results):
             if result is None:
-                finals.append(prompt)
+                finals.append(item.prompt)
                 news.append("")
-                sentences.append(text)
+                sentences.append(item.nl_prompt)
                 continue
             finals.append(result.final_prompt)
             news.append(", ".join(result.new_tags))
             written = [t for t in (result.extended, result.generated) if t.strip()]
             sentences.append(SENTENCE_JOIN.join(written))
-        return finals, news, sentences, list(request.prompts)
+        return finals, news, sentences, [item.prompt for item in request.items]
 
 
 class DTGFormat:

@@ -20,7 +20,9 @@ from dtg_lib.upsampler import Upsampler
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STUB = REPO_ROOT / "tests" / "comfy_stub"
-WORKFLOW = REPO_ROOT / "examples" / "dtg_workflow.json"
+WORKFLOW = REPO_ROOT / "examples" / "api" / "dtg_workflow.json"  # for POST /prompt
+TEMPLATE = REPO_ROOT / "examples" / "dtg_workflow.json"  # the page's format (its Templates)
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 STUB_MODULES = ("folder_paths", "comfy", "comfy.model_management", "comfy.utils")
 
 
@@ -136,14 +138,14 @@ def test_models_dtg_is_registered_after_extra_model_paths(pack, tiny_model, tmp_
     assert not any(name.startswith("tipo") for name in choices)
 
 
-def test_root_init_imports_nothing_heavy_and_no_webui_javascript(tmp_path):
+def test_root_init_imports_nothing_heavy_and_serves_only_its_comfyui_script(tmp_path):
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])\n"
         "from comfy_stub.host import load_custom_node\nfrom pathlib import Path\n"
         "load_custom_node(Path(sys.argv[1]))\n"
         "heavy = ('torch', 'transformers', 'llama_cpp', 'gradio')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
-        "print(heavy, hasattr(sys.modules[Path(sys.argv[1]).name], 'WEB_DIRECTORY'))\n"
+        "print(heavy, sys.modules[Path(sys.argv[1]).name].WEB_DIRECTORY)\n"
     )
     env = {**os.environ, "DTG_COMFY_INSTALL": "0"}
     done = subprocess.run(
@@ -156,7 +158,11 @@ def test_root_init_imports_nothing_heavy_and_no_webui_javascript(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[] False"
+    heavy, web = done.stdout.split()
+    assert heavy == "[]"
+    # What ComfyUI serves to its page: the nodes' text script, none of the webui's javascript/.
+    served = sorted(p.name for p in (REPO_ROOT / web).resolve().rglob("*.js"))
+    assert served == ["dtg_text.js"]
 
 
 # --- settings ------------------------------------------------------------------
@@ -178,6 +184,8 @@ def test_custom_format_latent_size_and_bad_values(pack):
     given = {"format": ["custom"], "custom_format": ["<|general|> | <|quality|>"]}
     assert inputs.settings_from(given).format == "<|general|> | <|quality|>"
     assert isinstance(inputs.settings_from({"custom_format": "x", "format": "custom"}), DtgError)
+    bad = inputs.settings_from({"temperature": ["hot"]})  # a linked input of another type
+    assert isinstance(bad, DtgError) and "temperature" in str(bad)
 
     class Samples:
         shape = (1, 4, 152, 104)
@@ -239,25 +247,56 @@ def test_example_workflow_runs_in_dependency_order(pack, dtg_gguf):
 
     mappings = pack[0]
     prompt = json.loads(WORKFLOW.read_text(encoding="utf-8"))
-    # Users get the default registry model (a download); the test runs the tiny one. The
-    # core "Preview as Text" node that shows the text in ComfyUI's page is not the pack's.
+    # Users get the default registry model (a download); the test runs the tiny one. Only
+    # the pack's nodes: each shows its own text (ComfyUI's history holds it too).
     assert prompt["1"]["inputs"]["model"] == "delta-rev2"
-    assert prompt["3"] == {
-        "class_type": "PreviewAny",
-        "_meta": {"title": "Preview as Text"},
-        "inputs": {"source": ["2", 0]},
-    }
+    assert {node["class_type"] for node in prompt.values()} <= set(mappings)
     prompt["1"]["inputs"]["model"] = dtg_gguf
-    del prompt["3"]
     done = run_workflow(prompt, mappings)
     (final, new, original), ui = done["1"]
     assert original == ["1girl, solo, long hair, smile"]
     assert new[0] and all(tag in final[0] for tag in new[0].split(", "))
-    assert final[0] in ui[0]["text"]
-    (formatted,), _ = done["2"]
+    assert ui == [{"text": [final[0]]}]
+    (formatted,), format_ui = done["2"]
+    assert format_ui == [{"text": formatted}]
     assert "\n" not in formatted[0] and formatted[0].startswith("1girl, solo")
     assert all(tag in formatted[0] for tag in new[0].split(", "))
     assert comfy.utils.updates and comfy.utils.updates[-1][0] == comfy.utils.updates[-1][1]
+
+
+def api_from_page_format(workflow, mappings):
+    """The API prompt a page-format workflow stands for, as ComfyUI's page sends it: each
+    widget's value by input name (a seed's control value follows it), each link as
+    [source node, output index]; inputs without widget or link are left out."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        spec = mappings[node["type"]].INPUT_TYPES()
+        linked = {i["name"]: i["link"] for i in node["inputs"] if i.get("link") is not None}
+        values = iter(node["widgets_values"])
+        inputs = {}
+        for name, (kind, options) in {**spec["required"], **spec.get("optional", {})}.items():
+            if name in linked:
+                _, source, slot, *_ = links[linked[name]]
+                inputs[name] = [str(source), slot]
+            elif (isinstance(kind, list) or kind in WIDGET_KINDS) and "forceInput" not in options:
+                inputs[name] = next(values)
+                if options.get("control_after_generate"):
+                    assert next(values) == "fixed", "the example's seed stays as given"
+        assert next(values, None) is None, f"{node['type']} has values left over"
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def test_the_page_template_is_the_api_example(pack):
+    """examples/ is what ComfyUI lists under Templates (it loads the page's format only);
+    examples/api/ holds the same workflow for POST /prompt."""
+    template = json.loads(TEMPLATE.read_text(encoding="utf-8"))
+    api = json.loads(WORKFLOW.read_text(encoding="utf-8"))
+    assert api_from_page_format(template, pack[0]) == {
+        node_id: {"class_type": node["class_type"], "inputs": node["inputs"]}
+        for node_id, node in api.items()
+    }
 
 
 @pytest.mark.slow
@@ -270,6 +309,83 @@ def test_a_list_of_prompts_expands_together_in_one_call(pack, dtg_gguf):
     assert made[0].calls == [(prompts, [7, 7, 7])]
     for prompt, final in zip(prompts, finals):
         assert final.startswith(prompt.split(",")[0])
+
+
+@pytest.mark.slow
+def test_lists_pair_item_by_item_and_a_shorter_list_repeats_its_last_value(pack, dtg_gguf):
+    mappings, _, made, _ = pack
+    prompts = ["1girl, solo", "1boy, outdoors", "cat, no humans"]
+    out = run_upsample(mappings, prompt=prompts, seed=[11, 12], model=dtg_gguf, target="short")
+    assert made[0].calls == [(prompts, [11, 12, 12])]  # one batch; the last seed repeats
+    assert out["result"][2] == prompts
+    # One prompt and several seeds: one item per seed, the prompt repeated.
+    out = run_upsample(mappings, prompt="1girl", seed=[1, 2, 3], model=dtg_gguf, target="short")
+    assert made[0].calls[-1] == (["1girl"] * 3, [1, 2, 3])
+    assert len(out["result"][0]) == 3 and len(out["ui"]["text"]) == 3
+
+
+@pytest.mark.slow
+def test_a_setting_given_per_item_splits_the_batch_and_keeps_the_order(pack, dtg_gguf):
+    mappings, _, made, _ = pack
+    prompts = ["1girl, solo", "1boy, outdoors", "cat, no humans"]
+    out = run_upsample(
+        mappings, prompt=prompts, seed=[5], model=dtg_gguf, target=["very_short", "long"]
+    )
+    finals, news, originals = out["result"]
+    # Items 2 and 3 share "long" (the last target repeats), so they expand together.
+    assert made[0].calls == [([prompts[0]], [5]), (prompts[1:], [5, 5])]
+    assert originals == prompts
+    for prompt, final in zip(prompts, finals):
+        assert final.startswith(prompt.split(",")[0])
+    assert len(news[0].split(", ")) < len(news[1].split(", "))
+
+
+def test_budget_and_gen_meta_inputs_reach_the_settings(pack):
+    mappings = pack[0]
+    from dtg_comfy import inputs
+
+    assert "budget" in mappings["DTGUpsample"].INPUT_TYPES()["optional"]
+    tipo_optional = mappings["DTGTipo"].INPUT_TYPES()["optional"]
+    assert {"budget", "gen_meta"} <= set(tipo_optional)
+    assert inputs.settings_from({"budget": ["chunks:1"]}).budget == "chunks:1"
+    assert inputs.settings_from({}).budget == UpsampleSettings.budget
+    tipo = inputs.settings_from({"nl_length": ["short"], "gen_meta": [True]})
+    assert tipo.gen_meta is True and tipo.nl_length == "short"
+    assert isinstance(inputs.settings_from({"budget": ["chunks:x"]}), DtgError)
+
+
+@pytest.mark.slow
+def test_a_chunk_budget_keeps_the_final_prompt_in_one_chunk(pack, dtg_gguf):
+    from dtg_lib import budget
+    from dtg_lib.clip_tokens import ClipVocabularyMissing
+
+    try:
+        budget.require_vocabulary("chunks:1")
+    except ClipVocabularyMissing as missing:
+        pytest.skip(str(missing))
+
+    mappings = pack[0]
+    prompt = ", ".join(f"tag{i}" for i in range(20))  # about 60 of the 75 tokens
+    given = dict(prompt=prompt, seed=4, model=dtg_gguf, target="very_long")
+    unbounded = run_upsample(mappings, **given)["result"][0][0]
+    bounded = run_upsample(mappings, budget="chunks:1", **given)["result"][0][0]
+    assert budget.count(unbounded).tokens > 75  # without the budget it spills over
+    assert budget.count(bounded).tokens <= 75 and bounded.startswith(prompt)
+
+
+@pytest.mark.slow
+def test_a_bad_item_keeps_its_prompt_and_the_others_still_expand(pack, dtg_gguf):
+    mappings = pack[0]
+    prompts = ["1girl, solo", "1boy, outdoors"]
+    out = run_upsample(
+        mappings, prompt=prompts, model=[dtg_gguf, "no-such-model.gguf"], target="short"
+    )
+    finals, news, _ = out["result"]
+    assert news[0] and finals[0] != prompts[0]
+    assert finals[1] == prompts[1] and news[1] == ""
+    reason, *shown = out["ui"]["text"]
+    assert reason.startswith("DTG: prompt left unchanged:") and "no-such-model" in reason
+    assert shown == finals
 
 
 @pytest.mark.slow
@@ -293,6 +409,53 @@ def test_cancel_in_comfyui_stops_the_node_with_its_own_exception(pack, dtg_gguf)
     with pytest.raises(model_management.InterruptProcessingException):
         run_upsample(pack[0], prompt="1girl", model=dtg_gguf)
     assert not model_management.processing_interrupted()
+
+
+def _interrupt_when(condition):
+    """A progress hook as ComfyUI's server sets one: it raises the interrupt once it is
+    set; this one also presses Cancel when `condition(value, total)` holds."""
+    import comfy.model_management as model_management
+    import comfy.utils
+
+    seen = []
+
+    def hook(value, total, preview):
+        seen.append((value, total))
+        if condition(value, total):
+            model_management.interrupt_current_processing(True)
+        model_management.throw_exception_if_processing_interrupted()
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    return seen
+
+
+@pytest.mark.slow
+def test_cancel_during_the_expansion_stops_it_after_the_round_running(pack, dtg_gguf):
+    import comfy.model_management as model_management
+
+    mappings, _, made, _ = pack
+    rounds_total = UpsampleSettings().max_rounds
+    seen = _interrupt_when(lambda value, total: total == rounds_total and value >= 1)
+    with pytest.raises(model_management.InterruptProcessingException):
+        run_upsample(mappings, prompt="1girl", model=dtg_gguf, target="very_long", seed=3)
+    rounds = [value for value, total in seen if total == rounds_total]
+    assert rounds == [1], "stopped at the first check after round 1"
+    assert not model_management.processing_interrupted()
+    # The model stays loaded and the next run goes through.
+    _interrupt_when(lambda value, total: False)
+    out = run_upsample(mappings, prompt="1girl", model=dtg_gguf, target="short", seed=3)
+    assert out["result"][1][0] and len(made) == 1
+
+
+@pytest.mark.slow
+def test_cancel_pressed_at_the_last_step_still_stops_the_workflow(pack, dtg_gguf):
+    import comfy.model_management as model_management
+
+    rounds_total = UpsampleSettings().max_rounds
+    seen = _interrupt_when(lambda value, total: (value, total) == (rounds_total, rounds_total))
+    with pytest.raises(model_management.InterruptProcessingException):
+        run_upsample(pack[0], prompt="1girl", model=dtg_gguf, target="very_short", seed=3)
+    assert seen[-1] == (rounds_total, rounds_total)
 
 
 @pytest.mark.slow

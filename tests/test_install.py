@@ -111,6 +111,26 @@ def test_accelerator_from_torch_build(machine, kind, version):
 
 
 @pytest.mark.parametrize(
+    ("installed", "expected"),
+    [
+        # torch 2.14 from PyPI is a CUDA 13 build; its runtime wheel has no -cu suffix.
+        ({"nvidia-cuda-runtime": "13.0.96"}, "13.0.96"),
+        ({"nvidia-cuda-runtime-cu12": "12.4.127"}, "12.4.127"),
+        ({}, None),
+    ],
+)
+def test_cuda_runtime_read_under_each_wheel_name(monkeypatch, installed, expected):
+    monkeypatch.setattr(inst, "installed_version", installed.get)
+    assert inst.cuda_runtime_version() == expected
+
+
+def test_pypi_torch_with_cuda_13_gets_the_cuda_13_wheels(monkeypatch):
+    monkeypatch.setattr(inst, "installed_version", {"nvidia-cuda-runtime": "13.0.96"}.get)
+    machine = linux("2.14.1", cuda_runtime=inst.cuda_runtime_version())
+    assert inst.gpu_wheel_tag(inst.detect_accelerator(machine)) == "cu130"
+
+
+@pytest.mark.parametrize(
     ("accelerator", "tag"),
     [
         (inst.Accelerator("cuda", (12, 1)), "cu121"),
