@@ -66,10 +66,11 @@ def test_dtg_names_keep_their_q8_default_and_family():
 
 
 def test_a_quantization_tipo_does_not_publish_says_only_f16_exists():
+    # Q8_0 and Q6_K are made locally from the F16 file (tests/test_local_quant.py).
     with pytest.raises(ModelNotFound) as caught:
-        parse_model_name("tipo-500m-ft:Q8_0")
+        parse_model_name("tipo-500m-ft:Q4_K_M")
     message = str(caught.value)
-    assert "only as F16" in message and "tipo-500m-ft:hf" in message
+    assert "only as F16" in message and "F16, Q8_0, Q6_K, hf" in message
     assert "TIPO-500M-ft-F16.gguf" in message
 
 
@@ -85,7 +86,7 @@ def test_tipo_v2_is_named_as_unsupported_with_the_reason(name):
 def test_model_choices_offer_tipo_and_each_parses_back():
     choices = models.model_choices()
     assert {"tipo-200m", "tipo-200m:F16", "tipo-200m:hf"} <= set(choices)
-    assert "tipo-200m:Q8_0" not in choices
+    assert {"tipo-200m:Q8_0", "tipo-200m:Q6_K"} <= set(choices)  # made locally
     for name in choices:
         assert parse_model_name(name).entry is not None
 
@@ -103,7 +104,7 @@ def test_model_list_shows_family_and_licence(capsys, tmp_path):
     assert cli.main(["--list-models", "--json", "--model-dir", str(tmp_path)]) == 0
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
     assert listed["tipo-200m"]["licence"] == "apache-2.0"
-    assert listed["tipo-200m"]["variants"] == ["F16", "hf"]
+    assert listed["tipo-200m"]["variants"] == ["F16", "Q8_0", "Q6_K", "hf"]
     assert listed["tipo-v2.1-1b-a200m"]["supported"] is False
 
 

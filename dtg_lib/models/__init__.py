@@ -4,7 +4,8 @@ One concern per module: `names` (the registry, parsing a name into a `ModelSpec`
 `locations` (the model folder, the one rule for names from outside, on-disk and
 Hugging Face cache lookup), `download` (hub access, offline rules, progress),
 `validation` (GGUF, safetensors, transformers folders, recorded sizes), `resolving`
-(spec -> validated model on disk) and `listing` (what the model folder holds).
+(spec -> validated model on disk), `quantize` (Q8_0/Q6_K made on this machine from a
+model published only as F16) and `listing` (what the model folder holds).
 
 Importing this package is cheap: huggingface_hub, platformdirs and gguf load only
 when a download, the default folder or a GGUF check needs them.
@@ -33,6 +34,7 @@ from .names import (
     HF_OPTIONAL_FILES,
     HF_REQUIRED_FILES,
     KINDS,
+    LOCAL_QUANTS,
     PICKLE_SUFFIXES,
     REGISTRY,
     TIPO_FAMILY,
@@ -55,6 +57,7 @@ from .names import (
     spec_for,
     variant_spec,
 )
+from .quantize import QuantizeFailed, make_local_quant
 from .resolving import resolve_model
 from .validation import SIZES_FILE, validate_model_file
 
@@ -69,6 +72,7 @@ __all__ = [
     "HF_OPTIONAL_FILES",
     "HF_REQUIRED_FILES",
     "KINDS",
+    "LOCAL_QUANTS",
     "PICKLE_SUFFIXES",
     "REGISTRY",
     "SIZES_FILE",
@@ -84,6 +88,7 @@ __all__ = [
     "ModelSpec",
     "ProgressEvent",
     "ProgressFn",
+    "QuantizeFailed",
     "ResolvedModel",
     "checked_model_spec",
     "default_model_dir",
@@ -91,6 +96,7 @@ __all__ = [
     "hf_cache_dir",
     "is_registry_name",
     "list_local_models",
+    "make_local_quant",
     "model_choices",
     "parse_model_name",
     "registry_models",

@@ -13,6 +13,7 @@ from .names import (
     LocalModel,
     ModelEntry,
     entry_for_repo_name,
+    is_local_quant_file,
     variant_name,
 )
 
@@ -91,7 +92,9 @@ def _gguf_model(root: Path, path: Path) -> LocalModel:
     else:
         name = path.relative_to(root).as_posix()
     family = _family(path, GGUF_KIND, entry)
-    return LocalModel(name, GGUF_KIND, path, _file_size(path), family)
+    size = _file_size(path)
+    made_here = is_local_quant_file(path)
+    return LocalModel(name, GGUF_KIND, path, size, family, _licence(entry), made_here)
 
 
 def _hf_model(root: Path, folder: Path, real_root: Path) -> LocalModel:
@@ -100,7 +103,12 @@ def _hf_model(root: Path, folder: Path, real_root: Path) -> LocalModel:
     size = sum(
         _file_size(p) for p in _visible_files(folder, real_root) if p.suffix.lower() != ".gguf"
     )
-    return LocalModel(name, HF_KIND, folder, size, _family(folder, HF_KIND, entry))
+    family = _family(folder, HF_KIND, entry)
+    return LocalModel(name, HF_KIND, folder, size, family, _licence(entry))
+
+
+def _licence(entry: ModelEntry | None) -> str:
+    return entry.licence if entry is not None else ""
 
 
 def _file_size(path: Path) -> int:

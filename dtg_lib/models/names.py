@@ -33,7 +33,7 @@ from .common import pickle_message as pickle_message
 
 log = logging.getLogger("dtg")
 
-PHASES = ("download", "load", "generate")
+PHASES = ("download", "quantize", "load", "generate")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class ProgressEvent:
     """One step of a request, for a progress bar or a status line.
 
     `phase` is one of PHASES; `done` of `total` counts `unit`s ("bytes" while
-    downloading, "rounds" while generating); `total` is None where it is not known.
+    downloading, "tensors" while quantizing, "rounds" while generating); `total` is None
+    where it is not known.
     """
 
     phase: str
@@ -64,6 +65,12 @@ GGUF_FILES: dict[str, str] = {
     "f16": "ggml-model-f16.gguf",
 }
 DEFAULT_QUANT = "Q8_0"
+# Quantizations made on the user's machine, with llama.cpp's own quantizer, for a model
+# published only as F16 (TIPO): the two DTG publishes. Lower ones cost a model of 100-500M
+# parameters too much quality for what they save.
+LOCAL_QUANTS = ("Q8_0", "Q6_K")
+# A locally made file ends so; the model list marks it, and nothing downloads it.
+LOCAL_QUANT_SUFFIX = ".local-quant.gguf"
 _HF_VARIANTS = ("hf", "transformers")
 
 HF_REQUIRED_FILES = ("config.json", "model.safetensors")
@@ -89,14 +96,32 @@ class ModelEntry:
     licence: str = ""
     # (variant, GGUF file in the repo) pairs; the first is the default variant.
     gguf_variants: tuple[tuple[str, str], ...] = tuple(GGUF_FILES.items())
+    # Variants made on this machine from the default (F16) file; see LOCAL_QUANTS.
+    local_quants: tuple[str, ...] = ()
 
     @property
     def repo_name(self) -> str:
         return self.repo_id.rsplit("/", 1)[-1]
 
     @property
-    def gguf_files(self) -> dict[str, str]:
+    def published_files(self) -> dict[str, str]:
+        """Variant -> GGUF file in the hub repo."""
         return dict(self.gguf_variants)
+
+    @property
+    def gguf_files(self) -> dict[str, str]:
+        """Every GGUF variant -> its file in the model folder, local quantizations last."""
+        source = self.gguf_variants[0][1]
+        made = {quant: local_quant_filename(source, quant) for quant in self.local_quants}
+        return {**self.published_files, **made}
+
+    def quantized_from(self, filename: str | None) -> str | None:
+        """The published file that `filename` is made from on this machine, else None."""
+        if filename is None or filename in self.published_files.values():
+            return None
+        source = self.gguf_variants[0][1]
+        made = (local_quant_filename(source, quant) for quant in self.local_quants)
+        return source if filename in made else None
 
     @property
     def default_variant(self) -> str:
@@ -144,6 +169,25 @@ class LocalModel:
     path: Path
     size: int
     family: str = DTG_FAMILY
+    # A registry model's licence (kept in its registry folder layout); "" for one's own file.
+    licence: str = ""
+    # Made on this machine from a published F16 file (a *.local-quant.gguf file).
+    local_quant: bool = False
+
+
+def local_quant_filename(source: str, quant: str) -> str:
+    """The file a local `quant` of the published `source` file is written to:
+    `TIPO-500M_epoch5-F16.gguf` -> `TIPO-500M_epoch5-Q8_0.local-quant.gguf`."""
+    stem = source[: -len(".gguf")] if source.lower().endswith(".gguf") else source
+    for precision in ("-f16", "_f16", "-f32", "_f32"):
+        if stem.lower().endswith(precision):
+            stem = stem[: -len(precision)]
+            break
+    return f"{stem}-{quant}{LOCAL_QUANT_SUFFIX}"
+
+
+def is_local_quant_file(path: Path | str) -> bool:
+    return Path(path).name.lower().endswith(LOCAL_QUANT_SUFFIX)
 
 
 # The DanTagGen model card (alpha) declares licence "openrail"; the later generations
@@ -174,6 +218,7 @@ def _tipo_entry(repo_name: str, gguf_file: str, licence: str) -> ModelEntry:
         family=TIPO_FAMILY,
         licence=licence,
         gguf_variants=((TIPO_VARIANT, gguf_file),),
+        local_quants=LOCAL_QUANTS,
     )
 
 
@@ -228,6 +273,8 @@ def registry_models() -> list[dict[str, Any]]:
             "context_length": entry.context_length,
             "variants": [*entry.gguf_files, HF_KIND],
             "default_variant": entry.default_variant,
+            # Of the variants, those quantized on this machine from the F16 file at first use.
+            "local_quants": list(entry.local_quants),
             "supported": True,
         }
         for entry in REGISTRY.values()
@@ -261,9 +308,11 @@ def choices_text() -> str:
     dtg = ", ".join(e.name for e in REGISTRY.values() if e.family == DTG_FAMILY)
     tipo = ", ".join(e.name for e in REGISTRY.values() if e.family == TIPO_FAMILY)
     variants = ", ".join(f":{quant}" for quant in GGUF_FILES)
+    local = " or ".join(f":{quant}" for quant in LOCAL_QUANTS)
     return (
         f"Known models: {dtg} (variants {variants} or :hf; default {DEFAULT_QUANT}); "
-        f"{tipo} (:{TIPO_VARIANT} or :hf; default {TIPO_VARIANT}), "
+        f"{tipo} (:{TIPO_VARIANT}, :hf, or {local} made here from the F16 file; "
+        f"default {TIPO_VARIANT}), "
         f"a repo id such as {REGISTRY[DEFAULT_MODEL].repo_id}, "
         "a .gguf file, or a folder with config.json and .safetensors weights."
     )
@@ -308,16 +357,16 @@ def variant_spec(entry: ModelEntry, variant: str) -> ModelSpec:
         if quant.lower() == variant.lower():
             return ModelSpec(entry, GGUF_KIND, filename, None, quality, family)
     allowed = ", ".join([*entry.gguf_files, "hf"])
-    if any(quant.lower() == variant.lower() for quant in GGUF_FILES):
-        # A quantization DTG publishes, asked of a model that only has F16 on the hub.
+    made = ""
+    if entry.local_quants:
         only = entry.default_variant
-        raise ModelNotFound(
-            f"{entry.name} is published only as {only} GGUF ({entry.gguf_files[only]}) "
-            f"and as transformers weights, not as {variant}; use {entry.name} "
-            f"(= {entry.name}:{only}) or {entry.name}:hf."
+        made = (
+            f" {entry.name} is published only as {only} GGUF ({entry.published_files[only]})"
+            f" and as transformers weights; {' and '.join(entry.local_quants)} are made on "
+            f"this machine from the {only} file with llama.cpp's quantizer, no other."
         )
     raise ModelNotFound(
-        f"Unknown variant {variant!r} for model {entry.name}; use one of {allowed}."
+        f"Unknown variant {variant!r} for model {entry.name}; use one of {allowed}.{made}"
     )
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .download import download_blocker, download_model
 from .locations import default_model_dir, find_on_disk, hf_cache_dir, registry_path
-from .names import ModelNotFound, ModelSpec, ProgressFn, ResolvedModel, spec_for
+from .names import ModelCorrupt, ModelNotFound, ModelSpec, ProgressFn, ResolvedModel, spec_for
+from .quantize import local_quant_plan, make_local_quant
 from .validation import validate_model_file
 
 
@@ -27,6 +28,9 @@ def resolve_model(
     if spec.local_path is not None:
         validate_model_file(spec.local_path, spec.kind)
         return ResolvedModel(spec, spec.local_path, spec.kind)
+    plan = local_quant_plan(spec)
+    if plan is not None:
+        return _local_quant(spec, *plan, model_dir, allow_download, progress)
     on_disk = find_on_disk(spec, model_dir)
     if on_disk is not None:
         validate_model_file(on_disk, spec.kind)
@@ -35,6 +39,35 @@ def resolve_model(
     if blocker is not None:
         raise ModelNotFound(_missing_message(spec, model_dir, blocker))
     path = download_model(spec, model_dir, progress)
+    return ResolvedModel(spec, path, spec.kind)
+
+
+def _local_quant(
+    spec: ModelSpec,
+    quant: str,
+    source: ModelSpec,
+    model_dir: Path,
+    allow_download: bool,
+    progress: ProgressFn | None,
+) -> ResolvedModel:
+    """A quantization made on this machine: on disk already, else made from the F16 file,
+    which is downloaded first if need be (and may be deleted once the file is made)."""
+    target = registry_path(spec, model_dir)
+    if target.is_file():
+        try:
+            validate_model_file(target, spec.kind)
+            return ResolvedModel(spec, target, spec.kind)
+        except ModelCorrupt:
+            pass  # made again below, from the F16 file
+    try:
+        made_from = resolve_model(
+            source, model_dir, allow_download=allow_download, progress=progress
+        )
+    except ModelNotFound as exc:
+        raise ModelNotFound(
+            f"{spec.display_name} is made on this machine from {source.display_name}, once: {exc}"
+        ) from exc
+    path = make_local_quant(made_from.path, target, quant, progress)
     return ResolvedModel(spec, path, spec.kind)
 
 
