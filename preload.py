@@ -15,6 +15,13 @@ def preload(parser) -> None:
         default=None,
         help="DanTagGen: device for the DTG model (cpu, cuda, mps); overrides the setting",
     )
+    parser.add_argument(
+        "--dtg-threads",
+        type=str,
+        default=None,
+        help="DanTagGen: CPU threads for llama.cpp: auto (physical cores, fewer while other "
+        "work holds them) or a number; the same as DTG_THREADS",
+    )
     # Read by install.py (from COMMANDLINE_ARGS); registered here so the webui accepts it.
     parser.add_argument(
         "--dtg-no-llama-build",

@@ -15,6 +15,17 @@ The tokenizer is the tiny model's sentencepiece recipe padded with unused
 dummy pieces to 32000, then DTG's six added tokens (ids 32000-32005 as in the
 real vocabulary), so the embedding and output matrices have the real size.
 
+Random weights alone give a flat distribution over all 32006 tokens: almost
+every sampled token is a dummy piece (no text) and a comma is one draw in tens
+of thousands, so no round would ever finish a tag. The weights are therefore
+given a "comma channel" (see `add_comma_channel`): a residual dimension that
+every token's embedding sets to a large constant and no layer writes to, which
+the output matrix reads as a fixed logit bias: up for the comma, far down for
+every token that is not a plain text piece (dummies, controls, bytes, the added
+tokens, EOS); a second one, set by the comma's embedding alone, keeps a comma
+from following a comma. Rounds then write a short made-up tag every few
+tokens, as the real model does, on every backend alike (it is in the weights).
+
     python benchmarks/make_full_size_model.py [--out .cache/bench-model] [--seed 0]
                                               [--hf-only]
 
@@ -43,7 +54,15 @@ DEFAULT_OUT = REPO / ".cache" / "bench-model"
 SP_PIECES = 32000  # LLaMA's sentencepiece size; DTG adds 6 tokens on top
 _UNUSED = 5  # gguf.TokenType.UNUSED: never produced by the tokenizer
 EXPECTED_PARAMS = 392.8e6
-RECIPE = 1
+RECIPE = 2  # 2: the comma channel
+_NORMAL = 1  # gguf.TokenType.NORMAL: a plain text piece
+# The comma channel (see add_comma_channel): which residual dimension carries it, how
+# much larger than the rest of the residual it is, and the logit biases it gives.
+COMMA_DIMS = (-1, -2)
+CHANNEL_OVER_REST = 4.0
+COMMA_LOGIT = 4.5  # at temperature 1.35 and top_k 100: about one token in four
+BANNED_LOGIT = -30.0
+NO_SECOND_COMMA_LOGIT = -20.0
 
 
 def full_config() -> Any:
@@ -96,6 +115,65 @@ def random_model(seed: int) -> Any:
     return model.eval()
 
 
+def residual_norm(model: Any, vocab: Any) -> float:
+    """The median length of the residual the final norm receives, over a short prompt."""
+    import torch
+
+    real = [i for i, kind in enumerate(vocab.types) if kind == _NORMAL]
+    ids = torch.tensor([real[:: max(1, len(real) // 48)][:48]])
+    seen: list[Any] = []
+    hook = model.model.norm.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            model.model(ids)
+    finally:
+        hook.remove()
+    return float(seen[0][0].norm(dim=-1).median())
+
+
+def add_comma_channel(model: Any, vocab: Any) -> dict[str, Any]:
+    """Give the random model commas every few tokens and plain text pieces only (see above).
+
+    Two residual dimensions carry fixed values past every layer: no attention or MLP
+    output writes to them and no layer norm passes them on, so they reach the final norm
+    as the token's embedding set them. The first is c for every token, the second c for
+    the comma only. With c several times the rest of the residual, the final norm maps c
+    to about sqrt(hidden), and an output row's weight at a dimension is that row's logit
+    bias through it: from the first, up for the comma and far down for every token that
+    is not a plain text piece; from the second, the comma far down right after a comma.
+    """
+    import torch
+
+    comma = vocab.pieces.index(",")
+    rest = residual_norm(model, vocab)
+    hidden = model.config.hidden_size
+    always, after_comma = (d % hidden for d in COMMA_DIMS)
+    level = CHANNEL_OVER_REST * rest
+    at_final_norm = hidden**0.5 * level / (level**2 + rest**2) ** 0.5
+    banned = [i for i, kind in enumerate(vocab.types) if kind != _NORMAL]
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, always] = level
+        embed[:, after_comma] = 0.0
+        embed[comma, after_comma] = level
+        for layer in model.model.layers:
+            for d in (always, after_comma):
+                layer.self_attn.o_proj.weight[d, :] = 0.0
+                layer.mlp.down_proj.weight[d, :] = 0.0
+                layer.input_layernorm.weight[d] = 0.0
+                layer.post_attention_layernorm.weight[d] = 0.0
+        model.model.norm.weight[[always, after_comma]] = 1.0
+        output = model.lm_head.weight
+        output[:, [always, after_comma]] = 0.0
+        output[banned, always] = BANNED_LOGIT / at_final_norm
+        output[comma, always] = COMMA_LOGIT / at_final_norm
+        output[comma, after_comma] = NO_SECOND_COMMA_LOGIT / at_final_norm
+    print(f"comma channel: dims {always}, {after_comma}; level {level:.2f} over a residual "
+          f"of {rest:.2f}; comma token {comma}; {len(banned)} tokens banned")  # fmt: skip
+    return {"dims": [always, after_comma], "token": comma, "level": round(level, 4),
+            "banned": len(banned)}  # fmt: skip
+
+
 def build(out: Path, seed: int, *, hf_only: bool = False) -> dict[str, Any]:
     import torch
 
@@ -104,6 +182,7 @@ def build(out: Path, seed: int, *, hf_only: bool = False) -> dict[str, Any]:
     vocab = padded_vocab(seed)
     tm._save_tokenizer(out / "hf", vocab, tm.build_hf_tokenizer(vocab))
     model = random_model(seed)
+    comma = add_comma_channel(model, vocab)
     params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {params:,} ({params / 1e6:.1f}M; DTG: ~{EXPECTED_PARAMS / 1e6:.1f}M)")
     tm._save_hf(model, out / "hf")
@@ -123,6 +202,7 @@ def build(out: Path, seed: int, *, hf_only: bool = False) -> dict[str, Any]:
         "parameters": params,
         "build_seconds": round(time.perf_counter() - started, 1),
         "files": {k: p.name for k, p in files.items()},
+        "comma_channel": comma,
     }
     (out / "build-info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from dtg_lib.backends.threads import parse_threads, use_threads
 from dtg_lib.limits import REQUEST_TIMEOUT_S
+from dtg_lib.settings import SettingsError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-dir", type=Path, default=None, help="the only folder API requests may name"
     )
     parser.add_argument("--offline", action="store_true", help="never download")
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        metavar="auto|N",
+        help="CPU threads for llama.cpp: auto (physical cores, fewer while other work holds "
+        "them) or a number; sets DTG_THREADS",
+    )
     parser.add_argument(
         "--request-timeout",
         type=_seconds,
@@ -59,6 +69,14 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
     return port
+
+
+def _threads(text: str) -> str:
+    try:
+        parse_threads(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def bind_problem(host: str, port: int) -> str | None:
@@ -93,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.threads is not None:
+        use_threads(args.threads)
     problem = bind_problem(args.host, args.port)
     if problem:
         print(f"error: {problem} (choose another with --port or --host)", file=sys.stderr)

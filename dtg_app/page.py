@@ -1,5 +1,10 @@
 """The page: a prompt form, an Expand button, and the coloured preview of the result.
 
+With a TIPO model chosen, the form also shows a natural-language box, the length of the
+sentences to write, "also write a caption" and "also write meta"; the result shows the
+sentences the model wrote (`extended`, `generated`) apart from the tag chips. The model
+list names each model's family and licence.
+
 The handler builds the same JSON body a client of `POST /dtg/v1/upsample`
 sends and runs it through the same checks (`http_api.parse_request`) and the
 same engine call (`http_api.run_request`), so the page and the API cannot
@@ -21,9 +26,16 @@ import gradio as gr
 
 from dtg_lib import http_api, models
 from dtg_lib.assemble import FORMAT_PRESETS
-from dtg_lib.preview import render_preview_grid, render_preview_html, token_count_text
-from dtg_lib.settings import BACKENDS, TARGETS, SamplingSettings
+from dtg_lib.preview import (
+    render_preview_grid,
+    render_preview_html,
+    render_sentences_html,
+    token_count_text,
+)
+from dtg_lib.settings import BACKENDS, TARGETS, SamplingSettings, UpsampleSettings
 from dtg_lib.upsampler import Upsampler
+
+from .model_list import ModelOption, model_option, model_options
 
 log = logging.getLogger("dtg")
 
@@ -40,6 +52,11 @@ _EMPTY = (
     "Expanded tags appear here, coloured by category.</div>"
 )
 _SAMPLING = SamplingSettings()
+_SETTINGS = UpsampleSettings()
+
+
+# What the Expand handler fills: preview HTML, sentences HTML, final prompt, status line.
+PageAnswer = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,9 @@ def form_to_body(values: dict[str, Any], default_model: str) -> dict[str, Any]:
         "backend": values["backend"],
         "ban_tags": values["ban_tags"] or "",
         "format": values["format"] or "default",
+        "nl_length": values["nl_length"] or _SETTINGS.nl_length,
+        "caption": bool(values["caption"]),
+        "gen_meta": bool(values["gen_meta"]),
         **{name: _sampling_value(name, values[name]) for name in _SAMPLING_FIELDS},
     }
     if values["model"] and values["model"] != default_model:
@@ -66,13 +86,16 @@ def form_to_body(values: dict[str, Any], default_model: str) -> dict[str, Any]:
     seed, count = _whole(values["seed"], -1), max(1, min(_whole(values["count"], 1), MAX_SEEDS))
     if seed == http_api.RANDOM_SEED:
         seed = random.randrange(0xFFFFFFFF)  # drawn here so "several seeds" are neighbours
-    return {
+    body = {
         "prompt": values["prompt"] or "",
         "seeds": [seed + i for i in range(count)],
         "width": _whole(values["width"], 1024),
         "height": _whole(values["height"], 1024),
         "settings": settings,
     }
+    if (values["nl_prompt"] or "").strip():  # as typed; a DTG model ignores it and says so
+        body["nl_prompt"] = values["nl_prompt"]
+    return body
 
 
 def _sampling_value(name: str, value: Any) -> Any:
@@ -93,7 +116,7 @@ def make_handler(
     """The Expand handler; gradio passes a set of inputs as one {component: value} dict."""
 
     # gradio finds the progress bar by this default value; it is created once, on purpose.
-    def expand(values: dict, progress: gr.Progress = gr.Progress()) -> tuple[str, str, str]:  # noqa: B008
+    def expand(values: dict, progress: gr.Progress = gr.Progress()) -> PageAnswer:  # noqa: B008
         form = {name: values[component] for name, component in components.items()}
         return run_form(form_to_body(form, config.default_model), get_upsampler, config, progress)
 
@@ -105,10 +128,12 @@ def run_form(
     get_upsampler: Callable[[], Upsampler],
     config: PageConfig,
     progress: Callable[..., Any],
-) -> tuple[str, str, str]:
-    """(preview HTML, final prompt, status line); errors become a message, never an exception."""
-    if not str(body["prompt"]).strip():
-        return _error("Type a prompt first.")
+) -> PageAnswer:
+    """(preview HTML, sentences HTML, final prompt, status line); errors become a message,
+    never an exception."""
+    if not str(body["prompt"]).strip() and not str(body.get("nl_prompt", "")).strip():
+        # A TIPO model turns a sentence alone into tags, so either one is enough.
+        return _error("Type a prompt first (tags, or a sentence for a TIPO model).")
     defaults = {"model": config.default_model}
     try:
         request = http_api.parse_request(body, config.model_dir, defaults)
@@ -132,7 +157,7 @@ def gradio_progress(progress: Callable[..., Any]) -> models.ProgressFn:
     return show
 
 
-def _success(results: list[dict[str, Any]]) -> tuple[str, str, str]:
+def _success(results: list[dict[str, Any]]) -> PageAnswer:
     html = render_preview_html(results[0]) if len(results) == 1 else render_preview_grid(results)
     total = sum(r["timings"]["total_s"] for r in results)
     notices = sorted({n for r in results for n in r["notices"]})
@@ -142,16 +167,28 @@ def _success(results: list[dict[str, Any]]) -> tuple[str, str, str]:
     status = f"{count} in {total:.2f} s with {results[0]['model']} ({results[0]['backend']})"
     if counted := token_count_text(results[0]):
         status += f"; {counted}"
-    return html, results[0]["final_prompt"], status
+    return html, render_sentence_list(results), results[0]["final_prompt"], status
 
 
-def _error(message: str) -> tuple[str, str, str]:
+def render_sentence_list(results: list[dict[str, Any]]) -> str:
+    """The sentences a TIPO model wrote, apart from the tag chips: per result, the text
+    extended and the caption generated (labelled with the seed when there are several);
+    empty when no result has any."""
+    blocks = [
+        render_sentences_html(result, f", seed {result['seed']}" if len(results) > 1 else "")
+        for result in results
+    ]
+    shown = "".join(blocks)
+    return f'<div class="dtg-sentence-list" id="dtg-sentence-list">{shown}</div>' if shown else ""
+
+
+def _error(message: str) -> PageAnswer:
     gr.Warning(message)
     box = (
         '<div class="dtg-error-box" id="dtg-error">'
         f"<b>Could not expand:</b> {escape(message)}</div>"
     )
-    return box, "", ""  # the box says it; a status line too would repeat it
+    return box, "", "", ""  # the box says it; a status line too would repeat it
 
 
 # ---------------------------------------------------------------- the layout
@@ -180,19 +217,16 @@ def _blocks_style() -> dict[str, Any]:
     return {"css": CSS} if "css" in inspect.signature(gr.Blocks.__init__).parameters else {}
 
 
-def model_options(config: PageConfig) -> list[str]:
-    local = [m.name for m in models.list_local_models(config.model_dir)]
-    names = [config.default_model, *local, *models.model_choices()]
-    return list(dict.fromkeys(names))  # first occurrence wins, order kept
-
-
 def _prompt_column(config: PageConfig, form: dict[str, Any]) -> None:
     form["prompt"] = gr.Textbox(
-        label="Prompt",
+        label="Prompt (tags, in webui syntax)",
         lines=4,
         placeholder="1girl, solo, dragon girl, (smile:1.2), <lora:style:0.6>",
         elem_id="dtg-prompt",
     )
+    options = model_options(config.model_dir, config.default_model)
+    with gr.Group(visible=options[0].speaks_tipo, elem_id="dtg-tipo") as tipo_controls:
+        _tipo_controls(form)
     with gr.Row():
         form["target"] = gr.Dropdown(
             list(TARGETS), value="long", label="Target length", elem_id="dtg-target"
@@ -209,14 +243,53 @@ def _prompt_column(config: PageConfig, form: dict[str, Any]) -> None:
     form["ban_tags"] = gr.Textbox(
         label="Ban list", placeholder="hat, *ribbon, /.*(cap|hood)/", elem_id="dtg-ban"
     )
-    _model_row(config, form)
+    _model_row(config, form, options)
     _sampling_accordion(form)
+    show = tipo_controls_shown(config, {o.name: o for o in options})
+    form["model"].change(show, inputs=form["model"], outputs=tipo_controls)
 
 
-def _model_row(config: PageConfig, form: dict[str, Any]) -> None:
+def _tipo_controls(form: dict[str, Any]) -> None:
+    """The natural-language box and its settings, shown while a TIPO model is chosen."""
+    form["nl_prompt"] = gr.Textbox(
+        label="Natural-language prompt (TIPO)",
+        lines=3,
+        placeholder="a girl reading in a (library:1.2); leave the tags empty to get tags from it",
+        elem_id="dtg-nl",
+    )
+    with gr.Row():
+        form["nl_length"] = gr.Dropdown(
+            list(TARGETS),
+            value=_SETTINGS.nl_length,
+            label="Sentence length",
+            elem_id="dtg-nl-length",
+        )
+        form["caption"] = gr.Checkbox(
+            value=_SETTINGS.caption, label="Also write a caption", elem_id="dtg-caption"
+        )
+        form["gen_meta"] = gr.Checkbox(
+            value=_SETTINGS.gen_meta,
+            label="Also write meta (artist, characters, ...)",
+            elem_id="dtg-gen-meta",
+        )
+
+
+def tipo_controls_shown(config: PageConfig, known: dict[str, ModelOption]) -> Callable[[str], Any]:
+    """The model list's change handler: the TIPO controls show for a TIPO model only."""
+
+    def show(name: str) -> Any:
+        option = known.get(name) or model_option(
+            name or "", config.model_dir, trusted=name == config.default_model
+        )
+        return gr.update(visible=option.speaks_tipo)
+
+    return show
+
+
+def _model_row(config: PageConfig, form: dict[str, Any], options: list[ModelOption]) -> None:
     with gr.Row():
         form["model"] = gr.Dropdown(
-            model_options(config),
+            [option.choice for option in options],  # "name (family, licence)"; the value: name
             value=config.default_model,
             allow_custom_value=True,
             label="Model",
@@ -257,9 +330,10 @@ def _slider(form: dict[str, Any], name: str, low: float, high: float, step: floa
     )
 
 
-def _result_column() -> tuple[Any, Any, Any, Any]:
+def _result_column() -> tuple[Any, Any, Any, Any, Any]:
     status = gr.Markdown("", elem_id="dtg-status")
     preview = gr.HTML(_EMPTY, elem_id="dtg-preview")
+    sentences = gr.HTML("", elem_id="dtg-sentences")  # a TIPO model's, apart from the tags
     final = gr.Textbox(
         label="Final prompt",
         lines=5,
@@ -268,15 +342,16 @@ def _result_column() -> tuple[Any, Any, Any, Any]:
         **_copy_button_kwargs(gr.Textbox),
     )
     copy = gr.Button("Copy final prompt", elem_id="dtg-copy", size="sm")
-    return status, preview, final, copy
+    return status, preview, sentences, final, copy
 
 
 def build_page(get_upsampler: Callable[[], Upsampler], config: PageConfig) -> gr.Blocks:
     form: dict[str, Any] = {}  # name in the request body -> its component
     with gr.Blocks(title="DTG upsampler", elem_id="dtg-app", **_blocks_style()) as page:
         gr.Markdown(
-            "## DTG upsampler\nExpand a Stable Diffusion prompt with DanTagGen: "
-            "your tags keep their place, new tags are dashed.",
+            "## DTG upsampler\nExpand a Stable Diffusion prompt with DanTagGen or TIPO: "
+            "your tags keep their place, new tags are dashed; a TIPO model also reads "
+            "and writes sentences.",
             elem_id="dtg-title",
         )
         with gr.Row(equal_height=False):
@@ -284,12 +359,13 @@ def build_page(get_upsampler: Callable[[], Upsampler], config: PageConfig) -> gr
                 _prompt_column(config, form)
                 expand = gr.Button("Expand", variant="primary", elem_id="dtg-expand")
             with gr.Column(scale=6):
-                status, preview, final, copy = _result_column()
+                status, preview, sentences, final, copy = _result_column()
         inputs = set(form.values())
-        outputs = [preview, final, status]
+        outputs = [preview, sentences, final, status]
         handler = make_handler(get_upsampler, config, form)
         expand.click(handler, inputs=inputs, outputs=outputs, concurrency_limit=4)
         form["prompt"].submit(handler, inputs=inputs, outputs=outputs)
+        form["nl_prompt"].submit(handler, inputs=inputs, outputs=outputs)
         copy.click(None, inputs=[final], outputs=None, js=_COPY_JS)
     return page
 

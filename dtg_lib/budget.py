@@ -8,7 +8,9 @@ those tags are worth, so `budget` (a setting) caps the final prompt:
 - `chunks:N`: at most N chunks of 75 tokens.
 
 Only new tags (and, for a TIPO model, the sentences the model wrote) are left out; the
-user's text is never touched. Counting is `clip_tokens.count_tokens`, which needs the
+user's text is never touched. Counting is a `TokenCounter` that the caller may give: a
+face whose host counts tokens itself (the webui, for its loaded checkpoint) gives that
+one. The engine's own, `ENGINE_COUNTER`, is `clip_tokens.count_tokens`, which needs the
 CLIP vocabulary of open_clip_torch: without it a budget other than `none` is an error.
 """
 
@@ -64,20 +66,47 @@ def check_budget(budget: object) -> None:
         )
 
 
-def token_limit(budget: str, base_target: int) -> int | None:
+def token_limit(budget: str, base_target: int, chunk_tokens: int = CHUNK_TOKENS) -> int | None:
     """The most tokens the final prompt may count; `base_target` is the target (chunks
-    times 75) of the prompt without new tags. None for no budget."""
+    times `chunk_tokens`) of the prompt without new tags. None for no budget."""
     if budget == NONE:
         return None
     if budget == FILL:
-        return max(base_target, CHUNK_TOKENS)
-    return int(budget.split(":", 1)[1]) * CHUNK_TOKENS
+        return max(base_target, chunk_tokens)
+    return int(budget.split(":", 1)[1]) * chunk_tokens
 
 
 @dataclass(frozen=True)
 class Count:
     tokens: int
     target: int
+
+
+class TokenCounter(Protocol):
+    """Counts a prompt as the image model's text encoder reads it, in chunks.
+
+    `count` gives the webui counter's `tokens/target` (target: whole chunks), and may
+    raise clip_tokens.ClipVocabularyMissing or PromptWeightError as `count` below does.
+    """
+
+    @property
+    def chunk_tokens(self) -> int:
+        """The tokens in one chunk (75 for CLIP)."""
+        ...
+
+    def count(self, prompt: str) -> Count: ...
+
+
+class EngineCounter:
+    """The engine's own counter: CLIP's vocabulary and the webui's chunking rules."""
+
+    chunk_tokens = CHUNK_TOKENS
+
+    def count(self, prompt: str) -> Count:
+        return count(prompt)  # looked up at each call, so a test may stand in for it
+
+
+ENGINE_COUNTER: TokenCounter = EngineCounter()
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,7 @@ def fit(
     write: Callable[[int, int], str],
     new_tags: int,
     levels: int = 1,
+    counter: TokenCounter = ENGINE_COUNTER,
 ) -> Fit:
     """The most new tags that fit the budget.
 
@@ -110,14 +140,14 @@ def fit(
     sentence level `level` (0 keeps every sentence; each later level drops more of what
     the model wrote, never the user's text). Tags are trimmed first; a level is dropped
     only when no tags at all fit with it. The search over tags is binary, so a fit costs
-    O(log n) assemblies and counts.
+    O(log n) assemblies and counts. `counter` counts them (the engine's own unless given).
     """
     from .clip_tokens import ClipVocabularyMissing, PromptWeightError
 
     try:
         if budget == NONE:
-            return Fit(new_tags, 0, count(write(new_tags, 0)))
-        return _fit_within(budget, write, new_tags, levels)
+            return Fit(new_tags, 0, counter.count(write(new_tags, 0)))
+        return _fit_within(budget, write, new_tags, levels, counter)
     except ClipVocabularyMissing:
         if budget != NONE:
             raise
@@ -128,10 +158,17 @@ def fit(
         return Fit(new_tags, 0, None, (notice,) if budget != NONE else ())
 
 
-def _fit_within(budget: str, write: Callable[[int, int], str], new_tags: int, levels: int) -> Fit:
+def _fit_within(
+    budget: str,
+    write: Callable[[int, int], str],
+    new_tags: int,
+    levels: int,
+    counter: TokenCounter,
+) -> Fit:
+    count = counter.count
     full = count(write(new_tags, 0))
     base = count(write(0, levels - 1))
-    limit = token_limit(budget, base.target)
+    limit = token_limit(budget, base.target, counter.chunk_tokens)
     assert limit is not None
     if full.tokens <= limit:
         return Fit(new_tags, 0, full)
@@ -179,7 +216,10 @@ def require_vocabulary(budget: str) -> None:
 
 
 def fit_tags(
-    classified: ClassifiedPrompt, new_tags: Sequence[str], settings: BudgetChoice
+    classified: ClassifiedPrompt,
+    new_tags: Sequence[str],
+    settings: BudgetChoice,
+    counter: TokenCounter = ENGINE_COUNTER,
 ) -> tuple[str, Fit]:
     """A DTG expansion's final prompt with the most new tags that fit the budget."""
     from .assemble import assemble
@@ -187,12 +227,14 @@ def fit_tags(
     def write(kept: int, level: int) -> str:
         return assemble(classified, new_tags[:kept], settings.format)
 
-    fitted = fit(settings.budget, write, len(new_tags))
+    fitted = fit(settings.budget, write, len(new_tags), counter=counter)
     return write(fitted.kept, 0), fitted
 
 
 def loop_limit(
-    classified: ClassifiedPrompt, settings: BudgetChoice
+    classified: ClassifiedPrompt,
+    settings: BudgetChoice,
+    counter: TokenCounter = ENGINE_COUNTER,
 ) -> Callable[[Sequence[str]], bool] | None:
     """For the DTG loop: a test of whether these new tags already fill the budget, or None."""
     if settings.budget == NONE:
@@ -203,8 +245,8 @@ def loop_limit(
         return assemble(classified, tags, settings.format)
 
     try:
-        base_target = count(write(())).target
+        base_target = counter.count(write(())).target
     except ValueError:  # a weight the counter cannot read: the final fit says so
         return None
-    limit = token_limit(settings.budget, base_target)
-    return lambda tags: count(write(tags)).tokens >= (limit or 0)
+    limit = token_limit(settings.budget, base_target, counter.chunk_tokens)
+    return lambda tags: counter.count(write(tags)).tokens >= (limit or 0)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .backends.threads import use_threads
 from .limits import MAX_NL_PROMPT_CHARS, MAX_PROMPT_CHARS, MAX_SIZE
 from .settings import TARGETS, SettingsError, UpsampleSettings
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a caption of the tags (TIPO models; DTG models ignore it)",
     )
     parser.add_argument(
+        "--gen-meta",
+        action="store_true",
+        help="let the last pass also write meta lines (artist, characters, ...) whose tags "
+        "join the new ones (TIPO models; DTG models ignore it)",
+    )
+    parser.add_argument(
         "--budget",
         default=UpsampleSettings.budget,
         metavar="none|fill|chunks:N",
@@ -82,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default=UpsampleSettings.backend, help="auto, llama.cpp or torch"
     )
     parser.add_argument("--device", default=UpsampleSettings.device, help="cpu, cuda, mps")
+    parser.add_argument(
+        "--threads",
+        default=None,
+        metavar="auto|N",
+        help="CPU threads for llama.cpp: auto (physical cores, fewer while other work holds "
+        "them) or a number; sets DTG_THREADS",
+    )
     parser.add_argument(
         "--ban",
         default=UpsampleSettings.ban_tags,
@@ -119,6 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> UpsampleSettings:
         "device": args.device,
         "nl_length": args.nl_length,
         "caption": args.caption,
+        "gen_meta": args.gen_meta,
         "budget": args.budget,
     }
     if args.model is not None:
@@ -224,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _expand(args: argparse.Namespace, logged: _LoggedMessages) -> int:
     try:
         settings = settings_from_args(args)
+        if args.threads is not None:
+            use_threads(args.threads)
         upsampler = _upsampler(args)
         if args.dry_run:
             prepared = _prepared(upsampler, args, settings)
@@ -499,7 +516,8 @@ def _item_rows(classified: Any) -> list[dict[str, Any]]:
 def _registry_line(entry: dict[str, Any]) -> str:
     if not entry["supported"]:
         return f"{entry['name']:<20} {entry['family']:<5} {entry['reason']}"
-    variants = ", ".join(entry["variants"])
+    made_here = entry.get("local_quants", ())
+    variants = ", ".join(f"{v}*" if v in made_here else v for v in entry["variants"])
     return f"{entry['name']:<20} {entry['family']:<5} {entry['licence']:<20} {variants}"
 
 
@@ -518,8 +536,10 @@ def _list_models(args: argparse.Namespace) -> int:
                             "name": m.name,
                             "kind": m.kind,
                             "family": m.family,
+                            "licence": m.licence,
                             "path": str(m.path),
                             "size": m.size,
+                            "local_quant": m.local_quant,
                         }
                         for m in local
                     ],
@@ -531,11 +551,13 @@ def _list_models(args: argparse.Namespace) -> int:
     print("Registry (downloaded on first use; variants after the name, default first):")
     for entry in models.registry_models():
         print(f"  {_registry_line(entry)}")
+    print("  * quantized on this machine from the F16 file at first use")
     print(f"Local ({args.model_dir or models.default_model_dir()}):")
     for model in local:
         print(
             f"  {model.name:<40} {model.kind:<5} {model.family:<5} "
-            f"{model.size / 1e6:8.1f} MB  {model.path}"
+            f"{model.licence or '-':<20} {model.size / 1e6:8.1f} MB  {model.path}"
+            + ("  (quantized here)" if model.local_quant else "")
         )
     if not local:
         print("  (none)")

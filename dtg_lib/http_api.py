@@ -13,8 +13,8 @@ Request body of `POST /dtg/v1/upsample` (a JSON object):
               with `prompt`, one expansion of that prompt per seed; null: missing
     width, height   image size the prompt is for (default 1024 x 1024)
     settings  UpsampleSettings fields; sampling keys flat or under "sampling"
-              (a TIPO model's `nl_length` and `caption` are settings too; `budget`:
-              "none", "fill" or "chunks:N", the final prompt's CLIP token budget)
+              (a TIPO model's `nl_length`, `caption` and `gen_meta` are settings too;
+              `budget`: "none", "fill" or "chunks:N", the final prompt's CLIP token budget)
     nl_prompt   a natural-language prompt for every expansion (TIPO models; a DTG
                 model ignores it, with a notice)
     nl_prompts  or a list of them, one per entry of `prompts` (same length)
@@ -564,5 +564,17 @@ def list_models(model_dir: Path) -> dict[str, Any]:
         # Each registry model with its family and licence (the TIPO fine-tunes carry the
         # author's own licence), and the ones that are listed as not supported.
         "models": models.registry_models(),
-        "local": [{"name": m.name, "kind": m.kind, "size": m.size} for m in local],
+        # A model in a registry folder carries that model's licence; one's own file has "".
+        "local": [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "family": m.family,
+                "licence": m.licence,
+                "size": m.size,
+                # Quantized on this machine from the published F16 file (TIPO :Q8_0, :Q6_K).
+                "local_quant": m.local_quant,
+            }
+            for m in local
+        ],
     }

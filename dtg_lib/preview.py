@@ -3,7 +3,8 @@
 Every item of the final prompt becomes a chip coloured by its Danbooru
 category; the user's items are filled chips in the order the prompt has
 them, DTG's new tags are dashed outlines marked "+". Line breaks of the
-prompt's template are kept. Pure string building: the webui and the
+prompt's template are kept. A TIPO model's sentences can be shown apart
+(`render_sentences_html`). Pure string building: the webui and the
 standalone page both put the result in an HTML component.
 
 A result may be a `Result` or its JSON form (`http_api.result_to_json`), so
@@ -78,7 +79,12 @@ def _total_seconds(result: Any) -> float:
 def classify_items(result: Any) -> list[tuple[PromptItem, str, bool]]:
     """(item, category or "other", is_new) for each item of the final prompt, in order."""
     categories = {raw_key(k): v for k, v in _field(result, "tag_categories").items()}
-    new = {raw_key(t) for t in _field(result, "new_tags")} - set(categories)
+    # New is what the model added and the user's prompt does not hold: a TIPO result's
+    # categories name its new tags too (gen_meta's artists have their own). A client's
+    # own JSON may leave the prompt out; then every listed new tag counts.
+    prompt = result.get("prompt", "") if isinstance(result, Mapping) else result.prompt
+    own = {raw_key(tag.name) for item in parse(prompt).items for tag in item.tags}
+    new = {raw_key(t) for t in _field(result, "new_tags")} - own
     rows = []
     for item in parse(_field(result, "final_prompt")).items:
         if item.kind is ItemKind.SEPARATOR:
@@ -86,8 +92,7 @@ def classify_items(result: Any) -> list[tuple[PromptItem, str, bool]]:
         elif item.kind in (ItemKind.TAG, ItemKind.GROUP) and item.tags:
             names = [raw_key(t.name) for t in item.tags]
             is_new = all(n in new for n in names)
-            category = Category.GENERAL.value if is_new else categories.get(names[0])
-            rows.append((item, category or Category.GENERAL.value, is_new))
+            rows.append((item, categories.get(names[0]) or Category.GENERAL.value, is_new))
         else:
             rows.append((item, OTHER, False))
     return rows
@@ -180,6 +185,28 @@ def render_preview_grid(results: Sequence[Any]) -> str:
     )
     style = "display:flex;flex-wrap:wrap;gap:10px"
     return f'<div class="dtg-preview-grid" style="{style}">{cards}</div>'
+
+
+# (result field, CSS class, label) of a TIPO model's sentences: `extended` is the
+# natural-language prompt made longer, `generated` the caption the model wrote.
+SENTENCE_FIELDS = (
+    ("extended", "dtg-extended", "Extended text"),
+    ("generated", "dtg-generated", "Generated caption"),
+)
+_SENTENCE = "border-left:3px solid #16a085;padding:2px 10px;margin:6px 0;"
+
+
+def render_sentences_html(result: Any, note: str = "") -> str:
+    """A TIPO model's sentences, apart from the tag chips, each under its label (followed
+    by `note`, such as ", seed 5"); empty for a result without any (a DTG model's)."""
+    rows = [
+        f'<div class="dtg-sentence {css_class}" style="{_SENTENCE}">'
+        f'<div class="dtg-sentence-label" style="{_SMALL}">{escape(label + note)}</div>'
+        f"{escape(text)}</div>"
+        for field, css_class, label in SENTENCE_FIELDS
+        if (text := _field(result, field))
+    ]
+    return f'<div class="dtg-sentences">{"".join(rows)}</div>' if rows else ""
 
 
 def render_preview_text(result: Any) -> str:

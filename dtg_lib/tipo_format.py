@@ -86,7 +86,8 @@ TIPO_TARGETS: dict[str, TipoTarget] = {
 
 @dataclass(frozen=True)
 class TipoSampling:
-    """The reference loop's sampling defaults; a retry uses seed + attempt."""
+    """The reference loop's sampling defaults (the reference retries with seed + attempt;
+    see tipo_run.retry_seed for ours)."""
 
     temperature: float = 0.35
     min_p: float = 0.1

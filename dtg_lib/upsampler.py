@@ -85,9 +85,13 @@ class Upsampler:
         backends: BackendCache | None = None,
         embeddings: Collection[str] = (),
         allow_download: bool = True,
+        token_counter: budget.TokenCounter | None = None,
     ) -> None:
+        """`token_counter` counts final prompts for the token budget and the result's
+        count; a face whose host counts them itself (the webui) gives its own."""
         self.model_dir = model_dir
         self.embeddings = frozenset(embeddings)
+        self.token_counter = token_counter or budget.ENGINE_COUNTER
         self.allow_download = allow_download
         self._lookup = lookup
         self._backends = backends
@@ -173,7 +177,8 @@ class Upsampler:
         `cancel`: once it is set (from another thread), the job stops before its next
         expansion or round and raises Cancelled; a round already running finishes first.
         `progress` hears of each step, in order: the download (bytes, only when the model
-        is fetched), the load, each round, and the end (see models.ProgressEvent).
+        is fetched), the local quantization (tensors, only when a TIPO :Q8_0/:Q6_K file is
+        made), the load, each round, and the end (see models.ProgressEvent).
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed each")
@@ -291,14 +296,22 @@ class Upsampler:
             prepared, notices = fit_to_context(prepared, job.backend, settings, width, height)
         notices = lookup_notices + notices
         return _Rounds(
-            prepared, settings, seed, lookup_s=lookup_s, notices=notices, cancel=job.cancel
+            prepared,
+            settings,
+            seed,
+            lookup_s=lookup_s,
+            notices=notices,
+            cancel=job.cancel,
+            counter=self.token_counter,
         )
 
     def _finish(self, prompt: str, loop: _Rounds, started: float, earlier_s: float = 0.0) -> Result:
         """The Result; total_s is the time since `started` plus `earlier_s`."""
         prepared = loop.prepared
         with stage("writing the final prompt"):
-            final, fitted = budget.fit_tags(prepared.classified, loop.new_tags, loop.settings)
+            final, fitted = budget.fit_tags(
+                prepared.classified, loop.new_tags, loop.settings, self.token_counter
+            )
         total = time.perf_counter() - started + earlier_s
         return Result(
             prompt=prompt,
@@ -341,6 +354,7 @@ class _Rounds:
         lookup_s: float = 0.0,
         notices: Sequence[str] = (),
         cancel: threading.Event | None = None,
+        counter: budget.TokenCounter = budget.ENGINE_COUNTER,
     ) -> None:
         self.prepared = prepared
         self.cancel = cancel
@@ -351,7 +365,7 @@ class _Rounds:
         self.user_names = prepared.classified.known_names()
         self.needed = settings.target_tags - prepared.user_tag_count
         # The target length and the token budget: whichever is reached first ends the loop.
-        self.budget_full = budget.loop_limit(prepared.classified, settings)
+        self.budget_full = budget.loop_limit(prepared.classified, settings, counter)
         self.new_tags: list[str] = []
         self.rounds = 0
         self.stale = 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtg_lib.assemble import FORMAT_PRESETS
+from dtg_lib.limits import MAX_NL_PROMPT_CHARS
 from dtg_lib.settings import (
     DEFAULT_MODEL,
     SAMPLING_LIMITS,
@@ -64,6 +65,12 @@ class ScriptArgs:
     device: str = ""
     # Appended last so that positional API callers keep working.
     budget: str = UpsampleSettings.budget
+    # TIPO models only (appended after the budget, as above): the natural-language prompt,
+    # its length, the caption and the meta lines. A DTG model ignores them all.
+    nl_prompt: str = ""
+    nl_length: str = UpsampleSettings.nl_length
+    caption: bool = UpsampleSettings.caption
+    gen_meta: bool = UpsampleSettings.gen_meta
     # Not an argument: why the caller's named args could not be read, raised by
     # is_enabled() so the hooks report it where they report any other bad value.
     problem: str = dataclasses.field(default="", metadata={_NOT_POSITIONAL: True})
@@ -90,6 +97,7 @@ class ScriptArgs:
         seed = self.seed()
         if isinstance(seed, bool) or not isinstance(seed, int) or not -1 <= seed < SEED_RANGE:
             raise SettingsError(f"DTG seed must be -1 or a whole number below 2**32, got {seed!r}")
+        self.nl_text()  # checked with the rest, though it is no setting
         return UpsampleSettings.from_dict(
             {
                 "target": self.target,
@@ -104,21 +112,29 @@ class ScriptArgs:
                 "top_k": _whole(self.top_k),
                 "min_p": _number(self.min_p),
                 "budget": self.budget or UpsampleSettings.budget,
+                "nl_length": self.nl_length or UpsampleSettings.nl_length,
+                "caption": _switch("caption", self.caption),
+                "gen_meta": _switch("gen_meta", self.gen_meta),
             }
         )
+
+    def nl_text(self) -> str:
+        """The natural-language prompt as typed ("" for none); raises SettingsError when it
+        is no text or longer than any TIPO model could read."""
+        text = "" if self.nl_prompt is None else self.nl_prompt
+        if not isinstance(text, str):
+            raise SettingsError(f"nl_prompt must be text, got {text!r}")
+        if len(text) > MAX_NL_PROMPT_CHARS:
+            raise SettingsError(
+                f"the natural-language prompt is {len(text)} characters; at most "
+                f"{MAX_NL_PROMPT_CHARS} fit a TIPO model's context"
+            )
+        return text
 
     def is_enabled(self) -> bool:
         """The checkbox's value; an API caller's "false" must not read as on."""
         self._check_readable()
-        value = self.enabled
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        word = value.strip().lower() if isinstance(value, str) else None
-        if word in _SWITCH_WORDS:
-            return _SWITCH_WORDS[word]
-        raise SettingsError(f"DTG enabled must be true or false, got {value!r}")
+        return _switch("enabled", self.enabled)
 
     def _check_readable(self) -> None:
         if self.problem:
@@ -134,8 +150,11 @@ class ScriptArgs:
         return _whole(self.dtg_seed)
 
     @classmethod
-    def from_settings(cls, settings: UpsampleSettings, dtg_seed: int) -> ScriptArgs:
-        """The UI values that rebuild `settings`; used when an infotext is pasted."""
+    def from_settings(
+        cls, settings: UpsampleSettings, dtg_seed: int, nl_prompt: str = ""
+    ) -> ScriptArgs:
+        """The UI values that rebuild `settings` (and the natural-language prompt a TIPO
+        model read); used when an infotext is pasted."""
         preset = settings.format in FORMAT_PRESETS
         return cls(
             enabled=True,
@@ -153,6 +172,10 @@ class ScriptArgs:
             backend=settings.backend,
             device=settings.device,
             budget=settings.budget,
+            nl_prompt=nl_prompt,
+            nl_length=settings.nl_length,
+            caption=settings.caption,
+            gen_meta=settings.gen_meta,
         )
 
 
@@ -164,6 +187,18 @@ ARG_NAMES: tuple[str, ...] = tuple(
 def _unknown_names_message(unknown: list[Any]) -> str:
     listed = ", ".join(repr(key) for key in unknown)
     return f"unknown DTG arg name(s) {listed}: the names are {', '.join(ARG_NAMES)}"
+
+
+def _switch(name: str, value: Any) -> bool:
+    """A checkbox's value: a bool, 0/1, or an API caller's word ("false" must not read as on)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in _SWITCH_WORDS:
+        return _SWITCH_WORDS[word]
+    raise SettingsError(f"DTG {name} must be true or false, got {value!r}")
 
 
 def _chosen(value: Any) -> Any:

@@ -27,7 +27,10 @@ EngineFactory = Callable[[Path | None, frozenset[str]], Any]
 def _default_factory(model_dir: Path | None, embeddings: frozenset[str]) -> Any:
     from dtg_lib.upsampler import Upsampler
 
-    return Upsampler(model_dir=model_dir, embeddings=embeddings)
+    from .token_count import HostTokenCounter
+
+    # The budget counts as the prompt box's counter does, for the loaded checkpoint.
+    return Upsampler(model_dir=model_dir, embeddings=embeddings, token_counter=HostTokenCounter())
 
 
 engine_factory: EngineFactory = _default_factory
@@ -58,18 +61,22 @@ def run_job(
     settings: UpsampleSettings,
     seeds: Sequence[int],
     size: tuple[int, int],
+    nl_prompts: Sequence[str] = (),
 ) -> list[Any]:
     """`upsample_many` for a webui job, its progress shown in the host's progress text.
 
     An engine swapped in through `set_factory` that takes no `progress` runs without it.
+    `nl_prompts` (one per prompt, for a TIPO model) are passed only when one has text,
+    as the HTTP routes do: an engine of a DTG-only caller need not take them.
     """
     width, height = size
+    options: dict[str, Any] = {}
+    if any(nl_prompts):
+        options["nl_prompts"] = list(nl_prompts)
     with progress_in_host() as progress:
         if _takes_progress(upsampler):
-            return upsampler.upsample_many(
-                prompts, settings, seeds, width, height, progress=progress
-            )
-        return upsampler.upsample_many(prompts, settings, seeds, width, height)
+            options["progress"] = progress
+        return upsampler.upsample_many(prompts, settings, seeds, width, height, **options)
 
 
 @contextlib.contextmanager

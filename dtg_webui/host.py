@@ -130,6 +130,7 @@ def config() -> HostConfig:
     from modules import shared
 
     cmd = shared.cmd_opts
+    _use_threads_flag(getattr(cmd, "dtg_threads", None))
     return HostConfig(
         model_dir=_model_dir(getattr(cmd, "dtg_model_dir", None) or opt("dtg_model_dir")),
         default_model=opt("dtg_default_model") or DEFAULT_MODEL,
@@ -137,6 +138,19 @@ def config() -> HostConfig:
         device=getattr(cmd, "dtg_device", None) or opt("dtg_device") or "cpu",
         keep_loaded=bool(opt("dtg_keep_loaded")),
     )
+
+
+def _use_threads_flag(value: str | None) -> None:
+    """--dtg-threads, when given, becomes DTG_THREADS, which the llama.cpp backend reads."""
+    if not value:
+        return
+    from dtg_lib.backends.threads import use_threads
+    from dtg_lib.settings import SettingsError
+
+    try:
+        use_threads(value)
+    except SettingsError as exc:
+        log.warning("DTG: ignoring --dtg-threads: %s", exc)
 
 
 def _model_dir(chosen: str | None) -> Path | None:
@@ -193,3 +207,34 @@ def parse_infotext(text: str) -> dict[str, Any] | None:
         return None
     parse = getattr(infotext_utils, "parse_generation_parameters", None)
     return parse(text) if callable(parse) else None
+
+
+# The host's counter of one prompt line for the loaded checkpoint: (tokens, target).
+PromptLengths = Callable[[str], tuple[Any, Any]]
+
+
+def prompt_lengths() -> PromptLengths | None:
+    """What the prompt box's token counter calls for each prompt line, for the loaded
+    checkpoint: Forge's `get_prompt_lengths_on_ui` on the model, else AUTOMATIC1111's
+    `model_hijack.get_prompt_lengths`. None where the host has neither, and on Forge
+    before a model is loaded (its stand-in model counts words, not tokens; Forge's
+    `model_hijack` would load a model to count)."""
+    try:
+        from modules import sd_models
+    except ImportError:
+        sd_models = None
+    # The attribute, not `shared.sd_model`, which would load a model to count.
+    model = getattr(getattr(sd_models, "model_data", None), "sd_model", None)
+    placeholder = getattr(sd_models, "FakeInitialModel", None)
+    forge = isinstance(placeholder, type)
+    if forge and isinstance(model, placeholder):
+        return None
+    lengths = getattr(model, "get_prompt_lengths_on_ui", None)
+    if callable(lengths) or forge:
+        return lengths if callable(lengths) else None
+    try:
+        from modules.sd_hijack import model_hijack
+    except ImportError:
+        return None
+    lengths = getattr(model_hijack, "get_prompt_lengths", None)
+    return lengths if callable(lengths) else None

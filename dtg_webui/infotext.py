@@ -4,6 +4,12 @@
 values by the position inside the batch, so with batch count > 1 every batch
 would repeat the first batch's originals. The callable looks the image up by
 its final prompt text, which create_infotext passes in as `prompt_text`.
+
+A TIPO model's natural-language prompt rides inside "DTG Parameters" (as `nl_prompt`,
+beside `dtg_seed`), not under a key of its own: that JSON always holds a comma and a
+colon, so every host quotes it as JSON, and any text (quotes, line breaks, commas, a
+value that looks quoted itself) comes back from a paste exactly as typed. A value of
+its own would be quoted by the host only when it holds a comma, colon or line break.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ ERROR_KEY = "DTG error"
 NOTICE_KEY = "DTG notice"
 PROMPT_KEY = "Prompt"
 HIRES_PROMPT_KEY = "Hires prompt"
+# "DTG original prompt" of an empty prompt: JSON's empty string, which the host's reading
+# of an infotext turns back into "" (and which no prompt a person writes is).
+EMPTY_ORIGINAL = '""'
 # What the host's paste reads out of the prompt lines (styles included).
 PROMPT_FIELDS = (
     PROMPT_KEY,
@@ -34,6 +43,7 @@ PROMPT_FIELDS = (
     "Hires negative prompt",
 )
 SEED_FIELD = "dtg_seed"
+NL_FIELD = "nl_prompt"
 # Every DTG value a paste can restore, one infotext key per positional argument.
 PASTE_KEYS: dict[str, str] = {name: f"DTG {name}" for name in ARG_NAMES}
 # The Preview box when empty. Here rather than in preview_ui, which imports this module
@@ -43,14 +53,23 @@ EMPTY_HTML = (
 )
 
 
-def params_text(settings: UpsampleSettings, dtg_seed: int) -> str:
+def params_text(settings: UpsampleSettings, dtg_seed: int, nl_prompt: str = "") -> str:
+    """ "DTG Parameters": the settings, the DTG seed and the natural-language prompt a
+    TIPO model read (left out when there was none)."""
     data = settings.to_dict()
     data[SEED_FIELD] = dtg_seed
+    if nl_prompt:
+        data[NL_FIELD] = nl_prompt
     return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
 
 class OriginalPrompts:
-    """Per-image "DTG original prompt" value for create_infotext's callable protocol."""
+    """Per-image "DTG original prompt" value for create_infotext's callable protocol.
+
+    An empty original (a TIPO model given a sentence alone) is written as EMPTY_ORIGINAL:
+    the host drops a key whose value is empty when it reads an infotext back, and a paste
+    would then take the image's prompt for one that DTG never touched.
+    """
 
     def __init__(self, originals: Sequence[str], finals: Sequence[str]) -> None:
         self._by_final = dict(zip(finals, originals))
@@ -58,6 +77,11 @@ class OriginalPrompts:
         self._only = next(iter(distinct)) if len(distinct) == 1 else None
 
     def __call__(self, prompt_text: str | None = None, **_: Any) -> str | None:
+        original = self.original_of(prompt_text)
+        return EMPTY_ORIGINAL if original == "" else original
+
+    def original_of(self, prompt_text: str | None) -> str | None:
+        """The prompt as written of the image whose final prompt is `prompt_text`."""
         # Grids and hosts without prompt_text still get an answer when it is unambiguous.
         if prompt_text is not None and prompt_text in self._by_final:
             return self._by_final[prompt_text]
@@ -83,12 +107,12 @@ class HiresPrompts:
         finals: Sequence[str],
         hires: Sequence[str],
         fallback: Any,
-        originals: Callable[..., str | None] | None = None,
+        originals: OriginalPrompts | None = None,
     ) -> None:
         self._by_final = _unambiguous(zip(finals, hires))
         written = []
         for final, hr in zip(finals, hires):
-            original = originals(prompt_text=final) if originals else None
+            original = originals.original_of(final) if originals else None
             if original is not None:
                 # A hires prompt equal to the image's expansion was an empty hires box.
                 written.append((original, original if hr == final else hr))
@@ -125,7 +149,10 @@ def read_params(params: dict[str, Any]) -> ScriptArgs | None:
     try:
         data = json.loads(raw) if isinstance(raw, str) else dict(raw)
         dtg_seed = int(data.pop(SEED_FIELD, -1))
-        return ScriptArgs.from_settings(UpsampleSettings.from_dict(data), dtg_seed)
+        nl_prompt = data.pop(NL_FIELD, "")
+        if not isinstance(nl_prompt, str):
+            raise TypeError(f"{NL_FIELD} must be text, got {nl_prompt!r}")
+        return ScriptArgs.from_settings(UpsampleSettings.from_dict(data), dtg_seed, nl_prompt)
     except (SettingsError, ValueError, TypeError) as exc:
         log.warning("DTG: ignoring unreadable %r in pasted infotext: %s", PARAMS_KEY, exc)
         return None
@@ -143,10 +170,12 @@ def on_infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
     for name, key in PASTE_KEYS.items():
         params[key] = getattr(restored, name)
     original = params.get(ORIGINAL_KEY)
-    if not isinstance(original, str) or not original:
+    if not isinstance(original, str):
         # The prompt stays the expansion: DTG on would expand it again.
         params[PASTE_KEYS["enabled"]] = False
         return
+    # The host reads EMPTY_ORIGINAL back as "" (JSON's empty string), the stand-in as is.
+    original = "" if original == EMPTY_ORIGINAL else original
     params[PROMPT_KEY] = original
     if restored.timing != "before":
         # "after" expanded the prompt with its styles in it: read the styles out of the

@@ -16,7 +16,7 @@ from typing import Any
 
 from dtg_lib.settings import SettingsError
 
-from . import engine, host
+from . import engine, host, tipo_panel
 from .args import ScriptArgs
 from .infotext import EMPTY_HTML as EMPTY_HTML
 from .rewrite import derive_seed, fix_seed
@@ -61,20 +61,33 @@ def preview(
     does too; "Use in prompt" then clears the styles box (`styles_after_copy`), as the
     host's own "apply styles" button does, or the next job would add them twice.
     """
-    if not isinstance(prompt, str) or not prompt.strip():
-        return _message("The prompt box is empty: write a prompt, then preview it."), False
     args = ScriptArgs.from_args(panel)
     config = host.config()
     try:
         settings = args.settings(backend=config.backend, device=config.device)
     except SettingsError as exc:
         return _message(f"Invalid settings: {exc}"), False
+    prompt = prompt if isinstance(prompt, str) else ""
+    nl_prompt = tipo_panel.nl_prompt_for(args, settings)
+    if not prompt.strip() and not nl_prompt.strip():
+        # A TIPO model turns a sentence alone into tags; anything else needs tags.
+        return _message(
+            "The prompt box is empty: write a prompt (with a TIPO model, a sentence in the "
+            "natural-language box will do), then preview it."
+        ), False
     seed = fix_seed(image_seed)
     try:
         styled = host.apply_styles(prompt, styles) if settings.timing != "before" else prompt
         upsampler = engine.get_engine(config.model_dir, host.embedding_names())
+        # Only when there is one, as a job passes it (engine.run_job).
+        options = {"nl_prompts": [nl_prompt]} if nl_prompt else {}
         (result,) = upsampler.upsample_many(
-            [styled], settings, [derive_seed(seed, args.seed())], _size(width), _size(height)
+            [styled],
+            settings,
+            [derive_seed(seed, args.seed())],
+            _size(width),
+            _size(height),
+            **options,
         )
     except Exception as exc:  # a preview failure is shown in the box, never a gradio error
         log.error("DTG: preview failed: %s: %s", type(exc).__name__, exc)
@@ -88,14 +101,22 @@ def styles_after_copy(styles_in_preview: Any, styles: Any) -> Any:
 
 
 def preview_html(result: Any, image_seed: int) -> str:
-    """The coloured preview, the final prompt as text (what "Use in prompt" copies) and the seed."""
+    """The coloured preview, a TIPO model's sentences apart from the tags, the final prompt
+    as text (what "Use in prompt" copies) and the seed."""
     final = escape(result.final_prompt)
     return (
-        f'<div class="dtg-preview-wrap">{_rendered(result)}'
+        f'<div class="dtg-preview-wrap">{_rendered(result)}{sentences_html(result)}'
         f'<pre class="dtg-preview-final" style="white-space:pre-wrap;margin:6px 0">{final}</pre>'
         f'<div class="dtg-preview-seed" style="font-size:.8em;opacity:.8">'
         f"image seed {image_seed} (generate with it to get this expansion)</div></div>"
     )
+
+
+def sentences_html(result: Any) -> str:
+    """A TIPO model's sentences apart from the tag chips; empty for a DTG model's result."""
+    from dtg_lib.preview import render_sentences_html
+
+    return render_sentences_html(result)
 
 
 def _rendered(result: Any) -> str:

@@ -6,17 +6,19 @@ the job goes on: errors become one log line and an infotext note.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dtg_lib.errors import DtgError
 from dtg_lib.public_text import public_text
 from dtg_lib.settings import TIMINGS, SettingsError, UpsampleSettings
 
-from . import engine, host
+from . import engine, host, tipo_panel
 from .args import RANDOM_SEED, SEED_RANGE, ScriptArgs
 from .infotext import (
     ERROR_KEY,
@@ -40,6 +42,22 @@ _WEBUI_SEED_RANGE = 4294967294
 _JOB_KEYS = (PARAMS_KEY, ORIGINAL_KEY, ERROR_KEY, NOTICE_KEY)
 # On `p` after "before" mode rewrote p.prompt: (what it wrote, what was there).
 _REWRITE_ATTR = "dtg_prompt_rewrite"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What decides a job's expansions besides its prompts and seeds: the settings, the
+    natural-language prompt a TIPO model reads ("" for none, and for a DTG model), and
+    the DTG seed the infotext records."""
+
+    settings: UpsampleSettings
+    nl_prompt: str
+    dtg_seed: int
+
+    def cache_key(self) -> str:
+        """The key of the recent expansions: the same settings with another natural-language
+        prompt are another expansion."""
+        return json.dumps([self.settings.to_json(), self.nl_prompt], ensure_ascii=False)
 
 
 def derive_seed(image_seed: int, dtg_seed: int) -> int:
@@ -122,17 +140,17 @@ def expand_images(p: Any, args: ScriptArgs) -> None:
     if not runs_now(p, args, "after"):
         return
     config = host.config()
-    settings = _settings(p, args, config)
-    if settings is None:
+    job = _job_settings(p, args, config)
+    if job is None:
         return
     originals = list(p.all_prompts)
-    seeds = [derive_seed(seed, args.seed()) for seed in p.all_seeds]
-    finals = _expand_or_recall(p, originals, settings, seeds, config)
+    seeds = [derive_seed(seed, job.dtg_seed) for seed in p.all_seeds]
+    finals = _expand_or_recall(p, originals, job, seeds, config)
     if finals is None:
-        _record_failure(p, settings, args.seed(), originals)
+        _record_failure(p, job, originals)
         return
     _replace_prompts(p, originals, finals)
-    _record(p, settings, args.seed(), OriginalPrompts(originals, finals))
+    _record(p, job, OriginalPrompts(originals, finals))
 
 
 def expand_main_prompt(p: Any, args: ScriptArgs) -> None:
@@ -143,27 +161,25 @@ def expand_main_prompt(p: Any, args: ScriptArgs) -> None:
     if not runs_now(p, args, "before"):
         return
     config = host.config()
-    settings = _settings(p, args, config)
-    if settings is None:
+    job = _job_settings(p, args, config)
+    if job is None:
         return
     p.seed = fix_seed(p.seed)
     many = isinstance(p.prompt, list)
     originals = list(p.prompt) if many else [p.prompt]
-    seeds = [derive_seed(p.seed, args.seed())] * len(originals)
-    finals = _expand_or_recall(p, originals, settings, seeds, config)
+    seeds = [derive_seed(p.seed, job.dtg_seed)] * len(originals)
+    finals = _expand_or_recall(p, originals, job, seeds, config)
     if finals is None:
-        _record_failure(p, settings, args.seed(), originals)
+        _record_failure(p, job, originals)
         return
     if not many and not is_upscale_pass(p):
-        _remember_the_job(p, settings, args.seed(), originals[0], finals[0])
+        _remember_the_job(p, job, originals[0], finals[0])
     setattr(p, _REWRITE_ATTR, (finals if many else finals[0], p.prompt))
     p.prompt = finals if many else finals[0]
-    _record(p, settings, args.seed(), OriginalPrompts(originals, finals))
+    _record(p, job, OriginalPrompts(originals, finals))
 
 
-def _remember_the_job(
-    p: Any, settings: UpsampleSettings, dtg_seed: int, original: str, final: str
-) -> None:
+def _remember_the_job(p: Any, job: JobSettings, original: str, final: str) -> None:
     """The Upscale button reruns one image of the job with that image's own seed.
 
     "before" mode expanded once, from the job's first seed; every image of the job
@@ -171,10 +187,11 @@ def _remember_the_job(
     """
     if getattr(p, "subseed_strength", 0):
         return  # with variation seeds every image has the job's seed
-    if dtg_seed != RANDOM_SEED:
+    if job.dtg_seed != RANDOM_SEED:
         return  # every image's expansion seed is the fixed one, filed already
     images = int(getattr(p, "batch_size", 1) or 1) * int(getattr(p, "n_iter", 1) or 1)
-    RECENT.remember_job(settings.to_json(), derive_seed(p.seed, dtg_seed), images, original, final)
+    first_seed = derive_seed(p.seed, job.dtg_seed)
+    RECENT.remember_job(job.cache_key(), first_seed, images, original, final)
 
 
 def fix_hires_infotext(p: Any) -> None:
@@ -190,7 +207,7 @@ def fix_hires_infotext(p: Any) -> None:
         return
     originals = p.extra_generation_params[ORIGINAL_KEY]
     p.extra_generation_params[HIRES_PROMPT_KEY] = HiresPrompts(
-        p.all_prompts, hires, lookup, originals if callable(originals) else None
+        p.all_prompts, hires, lookup, originals if isinstance(originals, OriginalPrompts) else None
     )
 
 
@@ -204,30 +221,31 @@ def finish_job(args: ScriptArgs) -> None:
         engine.unload()
 
 
-def _settings(p: Any, args: ScriptArgs, config: host.HostConfig) -> UpsampleSettings | None:
+def _job_settings(p: Any, args: ScriptArgs, config: host.HostConfig) -> JobSettings | None:
     try:
-        return args.settings(backend=config.backend, device=config.device)
+        settings = args.settings(backend=config.backend, device=config.device)
     except SettingsError as exc:
         log.error("DTG: invalid settings, prompts left as written: %s", exc)
         _note_error(p, f"invalid settings: {exc}")
         return None
+    return JobSettings(settings, tipo_panel.nl_prompt_for(args, settings), args.seed())
 
 
 def _expand_or_recall(
     p: Any,
     prompts: Sequence[str],
-    settings: UpsampleSettings,
+    job: JobSettings,
     seeds: Sequence[int],
     config: host.HostConfig,
 ) -> list[str] | None:
     """A new expansion, or for the Upscale button's pass the one its image got."""
-    key = settings.to_json()
+    key = job.cache_key()
     if is_upscale_pass(p):
         finals = RECENT.recall(key, seeds, prompts)
         if finals is None:
             log.info("DTG: upscale pass of an image this session did not expand; prompt kept")
         return finals
-    finals = _expand(p, prompts, settings, seeds, config)
+    finals = _expand(p, prompts, job, seeds, config)
     if finals is not None:
         RECENT.remember(key, seeds, prompts, finals)
     return finals
@@ -236,7 +254,7 @@ def _expand_or_recall(
 def _expand(
     p: Any,
     prompts: Sequence[str],
-    settings: UpsampleSettings,
+    job: JobSettings,
     seeds: Sequence[int],
     config: host.HostConfig,
 ) -> list[str] | None:
@@ -244,7 +262,14 @@ def _expand(
     try:
         upsampler = engine.get_engine(config.model_dir, host.embedding_names())
         width, height = int(getattr(p, "width", 1024)), int(getattr(p, "height", 1024))
-        results = engine.run_job(upsampler, list(prompts), settings, list(seeds), (width, height))
+        results = engine.run_job(
+            upsampler,
+            list(prompts),
+            job.settings,
+            list(seeds),
+            (width, height),
+            nl_prompts=[job.nl_prompt] * len(prompts),
+        )
         finals = [result.final_prompt for result in results]
         if len(finals) != len(prompts):
             raise RuntimeError(f"engine returned {len(finals)} prompts for {len(prompts)}")
@@ -276,19 +301,18 @@ def _replace_prompts(p: Any, originals: list[str], finals: list[str]) -> None:
     ]
 
 
-def _record(p: Any, settings: UpsampleSettings, dtg_seed: int, originals: OriginalPrompts) -> None:
-    p.extra_generation_params[PARAMS_KEY] = params_text(settings, dtg_seed)
+def _record(p: Any, job: JobSettings, originals: OriginalPrompts) -> None:
+    text = params_text(job.settings, job.dtg_seed, job.nl_prompt)
+    p.extra_generation_params[PARAMS_KEY] = text
     p.extra_generation_params[ORIGINAL_KEY] = originals
 
 
-def _record_failure(
-    p: Any, settings: UpsampleSettings, dtg_seed: int, prompts: Sequence[str]
-) -> None:
+def _record_failure(p: Any, job: JobSettings, prompts: Sequence[str]) -> None:
     """After an engine failure, the infotext still holds the panel's values, with the prompts
     as written as the originals: a paste then restores the panel and the prompt, and
     generating again retries the expansion (instead of pasting DTG off)."""
     if ERROR_KEY in p.extra_generation_params:
-        _record(p, settings, dtg_seed, OriginalPrompts(prompts, prompts))
+        _record(p, job, OriginalPrompts(prompts, prompts))
 
 
 def _note_notices(p: Any, results: Sequence[Any]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from dtg_lib.settings import TARGETS
 
+from . import host
 from .args import ScriptArgs
 
 log = logging.getLogger("dtg")
@@ -35,6 +36,9 @@ class Axis:
     field: str  # a ScriptArgs field
     kind: type
     choices: Callable[[], list[str]] | None = None
+    # The X/Y/Z script varies costly axes slowest (as it does its checkpoint axis), so a
+    # model is loaded once per value, not once per cell.
+    cost: float = 0.0
 
 
 AXES: tuple[Axis, ...] = (
@@ -42,6 +46,12 @@ AXES: tuple[Axis, ...] = (
     Axis("[DTG] Temperature", "temperature", float),
     Axis("[DTG] Top p", "top_p", float),
     Axis("[DTG] Seed", "dtg_seed", int),
+    # TIPO models: the sentences' length (a DTG model ignores it, so its cells match).
+    Axis("[DTG] NL length", "nl_length", str, lambda: list(TARGETS)),
+    # DTG and TIPO models side by side; a TIPO cell reads the panel's natural-language
+    # prompt, a DTG cell does not (tipo_panel.nl_prompt_for). The choices are the panel
+    # dropdown's (registry names, the model folder's files), read again at each asking.
+    Axis("[DTG] Model", "model", str, lambda: host.model_choices(), cost=1.0),
 )
 
 
@@ -85,7 +95,13 @@ def add_axes(xyz: Any) -> int:
         if axis.label in present:  # the UI was reloaded: our axes are still there
             continue
         options.append(
-            axis_option(axis.label, axis.kind, make_apply(axis.field), choices=axis.choices)
+            axis_option(
+                axis.label,
+                axis.kind,
+                make_apply(axis.field),
+                cost=axis.cost,
+                choices=axis.choices,
+            )
         )
         added += 1
     return added

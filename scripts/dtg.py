@@ -22,6 +22,10 @@ an unknown name, like a wrong value, leaves the prompt as written and is named u
   12 backend        "": the Settings page's; auto | llama.cpp | torch
   13 device         "": the Settings page's (or --dtg-device); cpu | cuda | mps
   14 budget         CLIP token budget: none | fill | chunks:N (N 1..32)
+  15 nl_prompt      TIPO models: the natural-language prompt (ignored for DTG models)
+  16 nl_length      TIPO models: the sentences' length, very_short .. very_long
+  17 caption        TIPO models: also write a caption of the tags
+  18 gen_meta       TIPO models: also write meta lines (artist, characters, ...)
 
 Also: a Preview of the prompt box (dtg_webui.preview_ui, javascript/dtg.js), X/Y/Z plot
 axes (dtg_webui.xyz), HTTP routes under /dtg/v1 with --api (dtg_webui.routes).
@@ -51,6 +55,7 @@ from dtg_webui import (  # noqa: E402
     reuse_seed,
     rewrite,
     routes,
+    tipo_panel,
     xyz,
 )
 from dtg_webui.args import (  # noqa: E402
@@ -68,6 +73,10 @@ TIMING_HELP = (
     "before: the prompt expanded once per job from the job seed"
 )
 BAN_HELP = "comma-separated: exact tag, * wildcard, or /regex/"
+NL_HELP = (
+    "TIPO models: a sentence or two; the tags stay in the prompt box. "
+    "Weights such as (word:1.2) are kept in the final prompt."
+)
 
 
 class DanTagGenScript(scripts.Script):
@@ -147,6 +156,32 @@ class DanTagGenScript(scripts.Script):
                     allow_custom_value=True,
                     **ids("budget"),
                 )
+            # Shown only while a TIPO model is chosen (tipo_panel.follow_model).
+            with gr.Group(**ids("tipo")) as tipo_controls:
+                nl_prompt = gr.Textbox(
+                    value=DEFAULTS.nl_prompt,
+                    lines=2,
+                    label="Natural-language prompt",
+                    placeholder=NL_HELP,
+                    **ids("nl-prompt"),
+                )
+                with gr.Row():
+                    nl_length = gr.Radio(
+                        list(TARGETS),
+                        value=DEFAULTS.nl_length,
+                        label="NL length",
+                        **ids("nl-length"),
+                    )
+                    caption = gr.Checkbox(
+                        value=DEFAULTS.caption,
+                        label="Also write a caption of the tags",
+                        **ids("caption"),
+                    )
+                    gen_meta = gr.Checkbox(
+                        value=DEFAULTS.gen_meta,
+                        label="Also write meta (artist, characters, ...)",
+                        **ids("gen-meta"),
+                    )
             with gr.Row():
                 temperature = gr.Slider(
                     *slider_range("temperature", 0.05),
@@ -196,6 +231,7 @@ class DanTagGenScript(scripts.Script):
             preview_box = gr.HTML(preview_ui.EMPTY_HTML, **ids("preview"))
             styles_in_preview = gr.State(False)
         follow_seed.click(fn=lambda: RANDOM_SEED, inputs=[], outputs=[dtg_seed])
+        tipo_panel.follow_model(model, tipo_controls)
 
         components = [
             enabled,
@@ -213,6 +249,10 @@ class DanTagGenScript(scripts.Script):
             backend,
             device,
             budget,
+            nl_prompt,
+            nl_length,
+            caption,
+            gen_meta,
         ]
         self.infotext_fields = infotext.paste_fields(components, preview_box)
         self.paste_field_names = list(infotext.PASTE_KEYS.values())

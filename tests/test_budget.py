@@ -151,14 +151,16 @@ def test_http_budget_round_trip(monkeypatch, tmp_path):
         http_api.parse_request({**body, "settings": {"budget": "chunks:0"}}, tmp_path, {})
 
 
-def test_webui_budget_is_the_last_positional_arg_and_survives_a_paste():
-    assert ARG_NAMES[-1] == "budget"
+def test_webui_budget_keeps_its_positional_place_and_survives_a_paste():
+    # Index 14, as when it was appended; the TIPO args came after it.
+    budget = ARG_NAMES.index("budget")
+    assert budget == 14
     older = ScriptArgs.from_args([True, "short"])  # an older caller, without budget
     assert older.settings(backend="auto", device="cpu").budget == "none"
     positional = [None] * len(ARG_NAMES)
     defaults = ScriptArgs()
     positional = [getattr(defaults, name) for name in ARG_NAMES]
-    positional[0], positional[-1] = True, "chunks:2"
+    positional[0], positional[budget] = True, "chunks:2"
     settings = ScriptArgs.from_args(positional).settings(backend="auto", device="cpu")
     assert settings.budget == "chunks:2"
     assert (

@@ -197,7 +197,9 @@ def test_engine_failures_are_json_without_traceback(tmp_path, error, status):
 def test_models_route(client):
     data = client.get("/dtg/v1/models").json()
     assert "delta-rev2" in data["registry"] and "delta-rev2:hf" in data["registry"]
-    assert data["local"] == [{"name": "mine.gguf", "kind": "gguf", "size": 4}]
+    # A damaged file's family cannot be read; it counts as DTG. One's own file: no licence.
+    local = {"name": "mine.gguf", "kind": "gguf", "family": "dtg", "licence": "", "size": 4}
+    assert data["local"] == [{**local, "local_quant": False}]  # not quantized on this machine
     licences = {m["name"]: m["licence"] for m in data["models"] if m["supported"]}
     assert licences["tipo-500m-ft"] == "kohaku-license-1.0" and licences["delta-rev2"]
 

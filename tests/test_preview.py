@@ -9,6 +9,7 @@ from dtg_lib.preview import (
     render_preview_grid,
     render_preview_html,
     render_preview_text,
+    render_sentences_html,
 )
 from dtg_lib.upsampler import Result, Timings
 
@@ -124,3 +125,22 @@ def test_tags_the_engine_did_not_classify_count_as_general():
     rows = classify_items(make_result(final_prompt="odd tag, BREAK, x", tag_categories={}))
     kinds = [(item.text.strip(), category) for item, category, _ in rows if item.text.strip(", ")]
     assert kinds == [("odd tag", "general"), ("BREAK", "other"), ("x", "general")]
+
+
+def test_a_tipo_results_new_tags_are_set_apart_with_their_own_categories():
+    # A TIPO result's categories also name its new tags (gen_meta's artists, say).
+    result = make_result(
+        prompt="1girl, solo",
+        final_prompt="1girl, wlop,\n\nsolo, long hair,\n\nA girl reads.",
+        new_tags=("wlop", "long hair"),
+        tag_categories={"1girl": "special", "solo": "general", "wlop": "artist"},
+        generated="A girl reads.",
+    )
+    found = {text.split("&#8202;")[-1]: c for c, text in chips(render_preview_html(result))}
+    assert "dtg-new" in found["wlop"] and "dtg-cat-artist" in found["wlop"]
+    assert "dtg-new" in found["long hair"] and "dtg-cat-general" in found["long hair"]
+    assert "dtg-user" in found["1girl"] and "dtg-user" in found["solo"]
+    sentences = render_sentences_html(result, ", seed 42")
+    assert 'class="dtg-sentence dtg-generated"' in sentences and "dtg-extended" not in sentences
+    assert "Generated caption, seed 42" in sentences and "A girl reads." in sentences
+    assert render_sentences_html(make_result()) == ""  # a DTG result has none

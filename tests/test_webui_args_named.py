@@ -93,7 +93,7 @@ def test_an_unknown_name_is_an_error_naming_it_and_the_known_ones():
 
 
 def test_the_problem_field_is_no_positional_argument():
-    assert "problem" not in ARG_NAMES and len(ARG_NAMES) == 15
+    assert "problem" not in ARG_NAMES and len(ARG_NAMES) == 19
     assert ScriptArgs.from_args([{"problem": "x"}]).problem.startswith("unknown DTG arg")
 
 

@@ -11,6 +11,7 @@ import pytest
 from test_webui_script import _paste_getters, on, webui  # noqa: F401 (webui is the fixture)
 
 from dtg_webui import host, infotext, preview_ui
+from dtg_webui.args import ARG_NAMES
 from dtg_webui.infotext import ERROR_KEY
 
 # --- the Settings page --------------------------------------------------------------
@@ -118,5 +119,7 @@ def test_pasting_a_failed_job_restores_the_panel_and_the_prompt(webui, timing): 
         assert ERROR_KEY in pasted
         assert pasted["Prompt"] == "1girl,\nsolo"
         restored = [getter(pasted) for getter in _paste_getters(webui)]
-        # backend and device as the job ran them; the budget (last) as chosen
-        assert restored == [*chosen[:-3], "auto", "cpu", chosen[-1]], "DTG on, the job's values"
+        # backend and device as the job ran them; the budget and the TIPO values as chosen
+        backend = ARG_NAMES.index("backend")
+        expected = [*chosen[:backend], "auto", "cpu", *chosen[backend + 2 :]]
+        assert restored == expected, "DTG on, the job's values"

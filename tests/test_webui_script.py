@@ -39,27 +39,37 @@ class FakeResult:
 
 @dataclass
 class FakeEngine:
-    """Appends one tag named after the seed, so each image's seed is visible in its prompt."""
+    """Appends one tag named after the seed, so each image's seed is visible in its prompt,
+    and the natural-language prompt when one is given (as a TIPO model's final prompt
+    holds it)."""
 
     fail: bool = False
     notices: tuple[str, ...] = ()
     calls: list[dict[str, Any]] = field(default_factory=list)
     unloads: int = 0
 
-    def upsample_many(self, prompts, settings, seeds, width=1024, height=1024):
+    def upsample_many(self, prompts, settings, seeds, width=1024, height=1024, nl_prompts=None):
         self.calls.append(
             {
                 "prompts": list(prompts),
                 "seeds": list(seeds),
                 "size": (width, height),
                 "settings": settings,
+                "nl_prompts": nl_prompts,
             }
         )
         if self.fail:
             raise RuntimeError("model file is corrupt")
+        texts = nl_prompts or [""] * len(prompts)
         return [
-            FakeResult(p, f"{p}, dtg {s}", (f"dtg {s}",), s, notices=self.notices)
-            for p, s in zip(prompts, seeds)
+            FakeResult(
+                p,
+                f"{p}, dtg {s}" + (f", {nl}" if nl else ""),
+                (f"dtg {s}",),
+                s,
+                notices=self.notices,
+            )
+            for p, s, nl in zip(prompts, seeds, texts)
         ]
 
     def unload(self) -> None:
@@ -405,7 +415,8 @@ def test_paste_restores_settings_and_original_prompt(webui):
     restored = [getter(pasted) for getter in _paste_getters(webui)]
     # Backend and device come back as what the job used, not "" (the Settings default),
     # so the paste reproduces the expansion on a machine with other Settings too.
-    assert restored == [*chosen[:-3], "auto", "cpu", "none"]
+    backend = ARG_NAMES.index("backend")
+    assert restored == [*chosen[:backend], "auto", "cpu", "none", *chosen[backend + 3 :]]
 
 
 def test_paste_without_dtg_turns_the_panel_off(webui):

@@ -11,7 +11,14 @@ from test_webui_script import ScriptArgs, on, webui  # noqa: F401 (webui is the 
 from dtg_webui import xyz
 
 STUB = Path(__file__).resolve().parent / "webui_stub"
-LABELS = ["[DTG] Target length", "[DTG] Temperature", "[DTG] Top p", "[DTG] Seed"]
+LABELS = [
+    "[DTG] Target length",
+    "[DTG] Temperature",
+    "[DTG] Top p",
+    "[DTG] Seed",
+    "[DTG] NL length",
+    "[DTG] Model",
+]
 
 
 @pytest.fixture
@@ -32,7 +39,7 @@ def _labels(grid_module) -> list[str]:
 
 def test_axes_registered_before_ui_once(webui, grid):  # noqa: F811
     webui.callbacks.before_ui_callback()
-    assert _labels(grid)[-4:] == LABELS
+    assert _labels(grid)[-len(LABELS) :] == LABELS
     webui.callbacks.before_ui_callback()  # "Reload UI" runs it again
     assert _labels(grid).count("[DTG] Seed") == 1
     assert grid.option("[DTG] Target length").choices() == [
