@@ -107,19 +107,26 @@ def assemble(
     new_tags: Sequence[str],
     fmt: str = "default",
     sentences: Mapping[str, str] | None = None,
+    categories: Mapping[str, str] | None = None,
 ) -> str:
     """The final prompt. `sentences` fills the SENTENCE_SLOTS (a TIPO model's texts),
     each written as given: the caller escapes what the model wrote and keeps the
-    user's own text with its weights. Append mode adds them after the new tags."""
+    user's own text with its weights. Append mode adds them after the new tags.
+
+    `categories` names the category (a Category value) of new tags that are not
+    general, such as the artists and characters a TIPO model writes with gen_meta:
+    a template puts them in their own slot. Others go in the general slot."""
     template = resolve_format(fmt)
-    added = [escape_tag(t) for t in new_tags_to_add(prompt, new_tags)]
+    to_add = new_tags_to_add(prompt, new_tags)
+    slot_of = {tag: _slot_for((categories or {}).get(tag)) for tag in to_add}
+    added = [(escape_tag(t), slot_of[t]) for t in to_add]
     texts = {slot: text for slot, text in (sentences or {}).items() if text.strip()}
     unknown = sorted(set(texts) - set(SENTENCE_SLOTS))
     if unknown:
         raise FormatError(f"unknown sentence slot(s) {', '.join(unknown)}")
     if template == APPEND:
         written = [texts[slot] for slot in SENTENCE_SLOTS if slot in texts]
-        return _append(prompt.parsed.items, added + written)
+        return _append(prompt.parsed.items, [text for text, _ in added] + written)
     return _fill_template(prompt, added, template, texts)
 
 
@@ -202,8 +209,18 @@ def _lead_in(tail: str, item_follows: bool) -> str:
     return "" if lead else " "
 
 
+def _slot_for(category: str | None) -> str:
+    try:
+        return SLOTS[Category(category)] if category else "general"
+    except ValueError:  # not a category: the tag is still kept, as a general one
+        return "general"
+
+
 def _fill_template(
-    prompt: ClassifiedPrompt, added: list[str], template: str, texts: Mapping[str, str]
+    prompt: ClassifiedPrompt,
+    added: list[tuple[str, str]],
+    template: str,
+    texts: Mapping[str, str],
 ) -> str:
     items = prompt.parsed.items
     stop = next((i for i, it in enumerate(items) if it.kind in _STRUCTURE), len(items))
@@ -212,7 +229,8 @@ def _fill_template(
     opened_at = first_left_open(items, stop)
     kept = "" if opened_at is None else "".join(i.text for i in items[opened_at:stop]).strip()
     slots = _slot_contents(prompt, stop if opened_at is None else opened_at)
-    slots["general"].extend(added)
+    for text, slot in added:
+        slots[slot].append(text)
     # Slots the template leaves out still hold the user's items (and the new tags):
     # they go on a last line rather than out of the prompt.
     placeholders = [f"<|{slot}|>" for slot, found in slots.items() if found]

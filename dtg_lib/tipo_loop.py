@@ -285,7 +285,7 @@ def _fitted_prompt(
     levels = [full, {**full, "generated": ""}, {"extended": nl_prompt.strip(), "generated": ""}]
 
     def write(kept: int, level: int) -> str:
-        return assemble(classified, tags[:kept], settings.format, levels[level])
+        return assemble(classified, tags[:kept], settings.format, levels[level], run.categories)
 
     fitted = budget.fit(settings.budget, write, len(tags), len(levels), counter)
     return write(fitted.kept, fitted.level), tags[: fitted.kept], fitted

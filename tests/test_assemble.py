@@ -33,6 +33,23 @@ def test_default_template_sorts_items_into_slots_and_cleans_up():
     )
 
 
+def test_new_tags_with_a_category_go_in_their_own_slot():
+    """TIPO's gen_meta writes artists and characters: they join the user's of their kind."""
+    prompt = classified("masterpiece, hatsune miku, 1girl, (smile:1.2), vocaloid, highres")
+    categories = {"kagamine rin": "character", "wlop": "artist"}
+    out = assemble(prompt, ["twintails", "kagamine rin", "wlop"], categories=categories)
+    assert out == (
+        "1girl, hatsune miku, kagamine rin, vocaloid,\nwlop,\n\n"
+        "(smile:1.2), twintails,\n\n"
+        "masterpiece, highres"
+    )
+    # Without categories (DTG) every new tag is general, as before.
+    plain = assemble(prompt, ["twintails", "kagamine rin", "wlop"])
+    assert "(smile:1.2), twintails, kagamine rin, wlop," in plain
+    # Append mode keeps the order it was given; an unknown category counts as general.
+    assert assemble(prompt, ["wlop"], "append", categories={"wlop": "nonsense"}).endswith("wlop")
+
+
 def test_empty_slots_leave_no_stray_commas_blank_lines_or_placeholders():
     out = assemble(classified("cat"), ["dog"])
     assert out == "cat, dog"

@@ -104,6 +104,11 @@ def test_gen_meta_asks_the_last_pass_and_keeps_its_meta_tags(monkeypatch):
     assert set(result.new_tags[4:]) == {f"thing{i}" for i in range(8)}
     for name in ["1girl", "solo", *meta]:
         assert result.final_prompt.count(name) == 1
+    # The default template puts them in their own slots: characters and copyrights on
+    # the first line with the people count, artists on theirs, not among general tags.
+    lines = [line for line in result.final_prompt.split("\n") if line]
+    assert lines[:2] == ["1girl, hatsune miku, vocaloid,", "wlop, new painter,"]
+    assert lines[2].startswith("solo, thing")
 
 
 def test_without_gen_meta_the_same_lines_are_ignored(monkeypatch):
