@@ -296,12 +296,22 @@ def final_sentences(run: TipoRun, nl_prompt: str) -> dict[str, str]:
     all) then the model's extension of it, and the long caption. What the model
     wrote is escaped for webui syntax; what repeats the user's text is left out."""
     given = plain_text(nl_prompt)
-    extended = _rest_after(run.extended, given)
-    generated = _rest_after(run.generated, given)
-    return {
-        "extended": " ".join(p for p in (nl_prompt.strip(), _escaped(extended)) if p),
-        "generated": _escaped(generated),
-    }
+    extended = _escaped(_rest_after(run.extended, given))
+    # The caption stands alone: a full stop that ended the user's sentence is not its start.
+    generated = _escaped(_rest_after(run.generated, given).lstrip(_SENTENCE_MARKS + " "))
+    return {"extended": _continued(nl_prompt.strip(), extended), "generated": generated}
+
+
+_SENTENCE_MARKS = ".!?"
+
+
+def _continued(text: str, continuation: str) -> str:
+    """The user's text and the model's continuation of it; a continuation that begins by
+    ending the user's sentence ("." then more) takes no space before it."""
+    if not text or not continuation:
+        return text or continuation
+    joint = "" if continuation[0] in _SENTENCE_MARKS else " "
+    return f"{text}{joint}{continuation}"
 
 
 def _rest_after(text: str | None, given: str) -> str:

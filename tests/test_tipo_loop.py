@@ -237,3 +237,26 @@ def test_the_model_reads_a_sentence_without_webui_syntax():
     assert plain_text("a (girl:1.2) in [the] \\(old\\) library <lora:x:1>") == (
         "a girl in the (old) library"
     )
+
+
+def test_sentences_continue_the_users_text_without_stray_marks():
+    """The model often continues the user's sentence by ending it: "... library. The girl
+    ...". That full stop joins the user's text, and the caption does not start with one."""
+    from types import SimpleNamespace
+
+    from dtg_lib.tipo_loop import final_sentences
+
+    given = "a girl reading in a (library:1.2)"
+    run = SimpleNamespace(
+        extended="a girl reading in a library. She smiles",
+        generated="a girl reading in a library. The girl has black shoes.",
+    )
+    sentences = final_sentences(run, given)
+    assert sentences["extended"] == "a girl reading in a (library:1.2). She smiles"
+    assert sentences["generated"] == "The girl has black shoes."
+    run = SimpleNamespace(extended="a girl reading in a library, quietly", generated="")
+    assert final_sentences(run, given)["extended"] == given + " quietly"
+    assert final_sentences(SimpleNamespace(extended="", generated=""), given) == {
+        "extended": given,
+        "generated": "",
+    }
