@@ -513,3 +513,21 @@ def test_torch_rejects_wrong_inputs(tiny_model, tmp_path):
     with pytest.raises(ModelLoadError) as info:
         load_backend("torch", corrupt)
     assert str(corrupt) in str(info.value)
+
+
+def test_llama_cpp_context_is_what_the_model_was_trained_on(tiny_model, tiny_tipo_model):
+    """TIPO v1 is trained on 1024 positions: inputs are fitted to that, not to 2048."""
+    pytest.importorskip("llama_cpp")
+    from dtg_lib.backends import load_backend
+    from dtg_lib.backends.llama_cpp import N_CTX, trained_context
+
+    assert trained_context({"general.architecture": "llama", "llama.context_length": "1024"}, 2048)
+    assert trained_context({"llama.context_length": "8192"}, N_CTX) == N_CTX
+    assert trained_context({"llama.context_length": "junk"}, N_CTX) == N_CTX
+    assert trained_context({}, N_CTX) == N_CTX
+    for path, expected in ((tiny_tipo_model.gguf_f16, 1024), (tiny_model.gguf_f16, N_CTX)):
+        backend = load_backend("llama.cpp", path)
+        try:
+            assert backend.context == expected
+        finally:
+            backend.close()

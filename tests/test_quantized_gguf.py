@@ -29,6 +29,8 @@ CHILD = textwrap.dedent(
     from dtg_lib.settings import SamplingSettings
 
     backend = load_backend("llama.cpp", sys.argv[1])
+    # Said before generating: with the extra buffers on, an AMX CPU crashes in decoding.
+    print(json.dumps({"loaded_extra_buffers": uses_extra_buffers(backend._llm)}), flush=True)
     sampling = SamplingSettings(temperature=1.0, max_new_tokens=64)
     prompt = "quality: masterpiece\\nrating: safe\\ntarget: <|long|>\\ngeneral: 1girl, solo"
     texts = [backend.generate(prompt + "<|input_end|>", sampling, seed).text for seed in range(3)]
@@ -84,9 +86,35 @@ def test_quantized_gguf_generates_through_our_backend(quantized, quant):
     assert any(t for t in found["texts"])  # it did generate
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
 def test_extra_buffers_can_be_turned_back_on(quantized):
-    found = _run_child(quantized["Q8_0"], {EXTRA_BUFFERS_ENV: "1"})
-    assert found["extra_buffers"] is True
+    """The switch reaches llama.cpp. On a CPU with AMX, decoding then crashes: that is
+    llama.cpp's bug this default avoids (reproduced on this project's Xeon CI machine),
+    so there the test asks for exactly that crash, after a load with the buffers on."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != EXTRA_BUFFERS_ENV}
+    env[EXTRA_BUFFERS_ENV] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(quantized["Q8_0"])],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=300,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines and lines[0] == {"loaded_extra_buffers": True}, done.stderr[-2000:]
+    if done.returncode == 0:
+        assert lines[-1]["extra_buffers"] is True
+    else:
+        assert _cpu_has_amx() and done.returncode < 0, done.stderr[-2000:]
 
 
 def test_extra_buffers_choice(monkeypatch):

@@ -303,8 +303,10 @@ def _with(step, tags):
 
 @pytest.mark.slow
 def test_llama_cpp_reuses_the_prompt_of_a_retry(tiny_tipo_model, monkeypatch):
-    """A retry repeats its input, so llama.cpp's prefix reuse keeps all of it but the
-    tokens it must evaluate again for fresh logits."""
+    """A retry repeats its input, so llama.cpp's prefix reuse keeps all of it but its last
+    canonical chunk, which is evaluated again for fresh logits."""
+    from dtg_lib.backends.llama_cpp import CHUNK_TOKENS
+
     path = _model(tiny_tipo_model, "llama.cpp")
     cache = BackendCache()
     upsampler = Upsampler(lookup=FakeLookup(), backends=cache, allow_download=False)
@@ -319,4 +321,5 @@ def test_llama_cpp_reuses_the_prompt_of_a_retry(tiny_tipo_model, monkeypatch):
     finally:
         cache.unload()
     assert result.rounds == len(made) == 3
-    assert all(g.reused_prompt_tokens >= g.prompt_tokens - 2 for g in made[1:])
+    assert made[0].reused_prompt_tokens == 0
+    assert all(g.reused_prompt_tokens >= g.prompt_tokens - CHUNK_TOKENS for g in made[1:])

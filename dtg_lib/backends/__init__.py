@@ -109,9 +109,9 @@ def load_backend(
     kind = canonical_kind(kind)
     path = Path(model_path).expanduser()
     if kind == "llama.cpp":
-        from .llama_cpp import LlamaCppBackend
+        from .llama_batch import llama_backend  # one-by-one unless DTG_LLAMA_BATCH=1
 
-        return LlamaCppBackend(path, device, n_threads=n_threads)
+        return llama_backend(path, device, n_threads=n_threads)
     from .torch_backend import TorchBackend
 
     return TorchBackend(path, device, dtype=dtype, n_threads=n_threads)

@@ -80,12 +80,14 @@ class Backend(Protocol):
 
 @runtime_checkable
 class BatchBackend(Backend, Protocol):
-    """A backend that also expands several prompts in one call (torch).
+    """A backend that also expands several prompts in one call (torch; llama.cpp only
+    with DTG_LLAMA_BATCH=1, see llama_batch).
 
-    Each continuation is exactly what `generate` would give its prompt with that
-    seed. `upsample_many` then advances a job's expansions in lockstep; with a plain
-    Backend (llama.cpp) it expands them one after another, which keeps llama.cpp's
-    prefix reuse between rounds.
+    On torch each continuation is exactly what `generate` would give its prompt with
+    that seed; batched llama.cpp rows may differ in the last bits (see llama_batch).
+    `upsample_many` then advances a job's expansions in lockstep; with a plain
+    Backend (llama.cpp by default) it expands them one after another, which keeps
+    llama.cpp's prefix reuse between rounds.
     """
 
     def generate_batch(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from .base import (
     reload_wanted,
 )
 from .llama_params import extra_buffers_wanted, mmap_wanted, model_params
+from .threads import ThreadPolicy
 
 log = logging.getLogger("dtg")
 
@@ -39,51 +40,79 @@ _MAX_HEADER_COUNT = 1_000_000
 
 
 # Every round of one DTG expansion repeats the input up to and including this
-# token, then lists different tags; it is where a reusable prefix ends.
+# token, then lists different tags; a canonical chunk ends before it.
 SEGMENT_MARKER = "<|input_end|>"
+# Canonical chunks end every this many tokens too, so that a prefix two prompts
+# share (a DTG or TIPO header, across jobs) ends near a chunk end.
+CHUNK_TOKENS = 16
 _UNSET = object()
 
 
 @dataclass(frozen=True)
 class _Evaluated:
-    """The prompt whose KV cache entries the context holds, and its segment ends."""
+    """The prompt whose KV cache entries the context holds, and its chunk ends."""
 
     tokens: tuple[int, ...]
     ends: tuple[int, ...]
 
 
 def segment_ends(tokens: Sequence[int], marker: int | None) -> tuple[int, ...]:
-    """Where the prompt's evaluation batches end: before the first marker, and at the end.
+    """Where the prompt's canonical llama_decode calls end: every CHUNK_TOKENS tokens,
+    before the first marker, and at the end.
 
-    Ending the shared batch before the marker leaves a last batch even when a
-    round repeats the bare input, so that input is reused too.
-
-    llama.cpp's float results depend on how tokens are batched. Evaluating every
-    prompt in batches fixed by its own content, and reusing cache entries only up
-    to a batch end shared with the previous prompt, makes a kept entry bit-equal
-    to a freshly computed one: a call gives the same output whatever came before.
+    llama.cpp's float results depend on how tokens are batched (measured:
+    docs/llama-batching.md; a Q6_K file's cache entries differ when a chunk of
+    two tokens is split off, an F16 one's when one token is). Evaluating every
+    prompt in chunks fixed by its own tokens and positions, and reusing cache
+    entries only up to a chunk end both prompts share, makes a kept entry
+    bit-equal to a freshly computed one: a call gives the same output whatever
+    came before, with no assumption about llama.cpp's kernels. Ending a chunk
+    before the marker leaves a last chunk even when a round repeats the bare
+    input, so that input is reused too.
     """
     count = len(tokens)
+    ends = set(range(CHUNK_TOKENS, count, CHUNK_TOKENS)) | {count}
     if marker is not None and marker in tokens:
         cut = list(tokens).index(marker)
         if cut > 0:
-            return (cut, count)
-    return (count,)
+            ends.add(cut)
+    return tuple(sorted(ends))
 
 
 def reusable_prefix(previous: _Evaluated | None, tokens: Sequence[int], ends: Sequence[int]) -> int:
-    """The longest batch end both prompts share, with equal tokens before it.
+    """The longest chunk end both prompts share, with equal tokens before it.
 
-    Never the whole prompt: its last batch is evaluated again so that the logits
+    Never the whole prompt: its last chunk is evaluated again so that the logits
     to sample from are fresh.
     """
     if previous is None:
         return 0
-    best = 0
-    for end in sorted(set(previous.ends) & set(ends)):
-        if end < len(tokens) and previous.tokens[:end] == tuple(tokens[:end]):
-            best = end
-    return best
+    limit = min(_common_prefix(previous.tokens, tokens), len(tokens) - 1)
+    shared = set(previous.ends) & set(ends)
+    return max((end for end in shared if end <= limit), default=0)
+
+
+def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
+    count = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+def _chunks(start: int, ends: Sequence[int]) -> list[tuple[int, int]]:
+    """The llama_decode calls that evaluate the tokens after a kept prefix `start`."""
+    later = [end for end in ends if end > start]
+    return list(zip([start, *later[:-1]], later))
+
+
+def trained_context(metadata: Mapping[str, str], most: int) -> int:
+    """The positions the model was trained on (its GGUF `<arch>.context_length`), at most
+    `most`; `most` when the file does not say."""
+    architecture = metadata.get("general.architecture", "llama")
+    written = str(metadata.get(f"{architecture}.context_length", "")).strip()
+    return min(most, int(written)) if written.isdigit() and int(written) > 0 else most
 
 
 def import_llama_cpp() -> Any:
@@ -168,6 +197,8 @@ class LlamaCppBackend:
     # What the KV cache holds (see _prefill); class-level defaults, set per instance.
     _evaluated: _Evaluated | None = None
     _marker_id: Any = _UNSET
+    # KV cache cells of the context: one sequence of `context` tokens.
+    _context_cells = N_CTX
 
     def __init__(
         self,
@@ -184,8 +215,9 @@ class LlamaCppBackend:
         layers, self.device, notice = placement(llama_cpp, normalize_device(device))
         # Told with every result (see Backend): this model always runs where it was placed.
         self.notices: tuple[str, ...] = (notice,) if notice else ()
-        # llama-cpp-python defaults to half the cores; DTG is small and benefits from all.
-        threads = n_threads or os.cpu_count() or 1
+        # Physical cores, or DTG_THREADS; `self.threads.apply` re-chooses per generation.
+        self.threads = ThreadPolicy(n_threads)
+        threads = self.threads.at_load
         self._lock = threading.Lock()
         # AMX/repack weight buffers segfault on some CPUs; see llama_params.
         self.extra_buffers = extra_buffers_wanted(extra_buffers)
@@ -199,10 +231,13 @@ class LlamaCppBackend:
         self._stamp = file_stamp(self.model_path)
         threads = self._load_options["n_threads"]
         try:
-            with model_params(llama_cpp, extra_buffers=self.extra_buffers):
+            with (
+                model_params(llama_cpp, extra_buffers=self.extra_buffers),
+                self._context_params(llama_cpp),
+            ):
                 llm = llama_cpp.Llama(
                     model_path=str(self.model_path),
-                    n_ctx=N_CTX,
+                    n_ctx=self._context_cells,
                     n_gpu_layers=self._load_options["n_gpu_layers"],
                     n_threads=threads,
                     n_threads_batch=threads,
@@ -214,10 +249,20 @@ class LlamaCppBackend:
                 f"llama.cpp could not load {self.model_path}: the file is truncated or corrupt, "
                 f"or its architecture is unknown to this llama-cpp-python ({exc})"
             ) from exc
+        # A model trained on fewer positions (TIPO v1: 1024) must not be fed more.
+        self.context = trained_context(llm.metadata, N_CTX)
         log.info(
-            "loaded %s with llama.cpp on %s (%d threads)", self.model_path, self.device, threads
+            "loaded %s with llama.cpp on %s (%d threads, context %d)",
+            self.model_path,
+            self.device,
+            threads,
+            self.context,
         )
         return llm
+
+    def _context_params(self, llama_cpp: Any) -> contextlib.AbstractContextManager[None]:
+        """Context parameters `Llama(...)` does not take (see llama_batch); none here."""
+        return contextlib.nullcontext()
 
     def _current_model(self) -> Any:
         """The open model, reloaded first when its file changed since it was loaded.
@@ -251,8 +296,9 @@ class LlamaCppBackend:
     def generate(self, prompt: str, sampling: SamplingSettings, seed: int) -> Generation:
         with self._lock:
             llm = self._current_model()
+            self.threads.apply(llm)
             tokens = self._tokenize(llm, prompt)
-            budget = new_token_budget(len(tokens), N_CTX, sampling.max_new_tokens)
+            budget = new_token_budget(len(tokens), self.context, sampling.max_new_tokens)
             clock = Stopwatch()
             reused = self._prefill(llm, tokens)
             new, stopped = self._sample(llm, sampling, seed, budget, clock)
@@ -273,7 +319,8 @@ class LlamaCppBackend:
         return self._marker_id
 
     def _prefill(self, llm: Any, tokens: list[int]) -> int:
-        """Evaluate the prompt in canonical segments, keeping those the KV cache already holds.
+        """Evaluate the prompt in canonical chunks, keeping those the KV cache already
+        holds (across jobs too: DTG and TIPO headers repeat).
 
         Returns how many prompt tokens were reused rather than evaluated.
         """
@@ -287,11 +334,8 @@ class LlamaCppBackend:
             llm.n_tokens = keep  # eval() drops every cache entry from n_tokens on
         else:
             llm.reset()
-        start = 0
-        for end in ends:
-            if end > keep:
-                llm.eval(tokens[start:end])
-            start = end
+        for begin, end in _chunks(keep, ends):
+            llm.eval(tokens[begin:end])
         self._evaluated = _Evaluated(tuple(tokens), ends)
         return keep
 

@@ -40,7 +40,8 @@ EXTRA_BUFFERS_ENV = "DTG_LLAMA_EXTRA_BUFFERS"
 # but a truncated file kills the process).
 MMAP_ENV = "DTG_LLAMA_MMAP"
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_SWAP_LOCK = threading.Lock()
+# Reentrant: a load swaps both the model and the context defaults (see context_params).
+_SWAP_LOCK = threading.RLock()
 
 
 def extra_buffers_wanted(explicit: bool | None = None) -> bool:
@@ -82,3 +83,24 @@ def uses_extra_buffers(llm: Any) -> bool | None:
     """What a loaded `Llama` was given; None when the build has no such flag."""
     params = getattr(llm, "model_params", None)
     return getattr(params, "use_extra_bufts", None) if params is not None else None
+
+
+@contextlib.contextmanager
+def context_params(llama_cpp: Any, *, sequences: int, unified: bool) -> Iterator[None]:
+    """While active, every context llama-cpp-python creates holds `sequences` sequences,
+    in one KV buffer shared by all of them when `unified` (see llama_batch)."""
+    module = llama_cpp.llama_cpp
+    original = module.llama_context_default_params
+
+    def patched() -> Any:
+        params = original()
+        params.n_seq_max = sequences
+        params.kv_unified = unified
+        return params
+
+    with _SWAP_LOCK:
+        module.llama_context_default_params = patched
+        try:
+            yield
+        finally:
+            module.llama_context_default_params = original
