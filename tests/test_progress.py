@@ -165,7 +165,7 @@ def test_the_page_resolves_the_model_once_and_shows_the_engines_progress(
     shown: list[tuple] = []
     config = page.PageConfig(tmp_path / "models", "delta-rev2", allow_download=True)
     form = {"prompt": "1girl, solo", "seeds": [5], "width": 1024, "height": 1024}
-    _, final, status = page.run_form(
+    _, _, final, status = page.run_form(
         {**form, "settings": {"target": "short", "max_rounds": 4}},
         lambda: upsampler,
         config,
