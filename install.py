@@ -160,12 +160,10 @@ CUDA_RUNTIME_WHEELS = (
 
 
 def cuda_runtime_version() -> str | None:
-    """The CUDA runtime torch installed from PyPI, whichever name its wheel has."""
-    for name in CUDA_RUNTIME_WHEELS:
-        version = installed_version(name)
-        if version:
-            return version
-    return None
+    """The CUDA runtime torch installed from PyPI, whichever name its wheel has; the newest
+    when a torch switch left an older runtime's metadata behind."""
+    found = [v for v in (installed_version(name) for name in CUDA_RUNTIME_WHEELS) if v]
+    return max(found, key=version_tuple) if found else None
 
 
 def detect_accelerator(machine: Machine) -> Accelerator:

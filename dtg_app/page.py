@@ -118,9 +118,19 @@ def make_handler(
     # gradio finds the progress bar by this default value; it is created once, on purpose.
     def expand(values: dict, progress: gr.Progress = gr.Progress()) -> PageAnswer:  # noqa: B008
         form = {name: values[component] for name, component in components.items()}
+        if not shows_nl_box(form.get("model"), config):
+            form["nl_prompt"] = ""  # hidden for a DTG model: what stays in it is not sent
         return run_form(form_to_body(form, config.default_model), get_upsampler, config, progress)
 
     return expand
+
+
+def shows_nl_box(model: Any, config: PageConfig) -> bool:
+    """Whether the page shows the natural-language box for `model` (a TIPO model)."""
+    chosen = str(model or config.default_model)
+    trusted = chosen == config.default_model
+    option = model_option(chosen, config.model_dir, trusted=trusted)
+    return option.family == models.TIPO_FAMILY
 
 
 def run_form(

@@ -63,7 +63,10 @@ def as_list(value: Any) -> list[Any]:
 
 
 def item_count(given: Mapping[str, Any]) -> int:
-    """The length of the longest list input (at least one item)."""
+    """The length of the longest list input (at least one item), or 0 when the prompts
+    came as an empty list (an upstream list node that gave nothing): no expansion of ""."""
+    if given.get("prompt") == []:
+        return 0
     lengths = [len(as_list(value)) for name, value in given.items() if name not in NODE_WIDE]
     return max([1, *lengths])
 

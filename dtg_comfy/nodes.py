@@ -173,6 +173,9 @@ class _Expand:
         request = inputs.request_from(given)
         outcome = engine.run_job(request)
         outputs = self.outputs(request, outcome)
+        if not request.items:
+            told = "DTG: no prompt came in (an empty list): nothing to expand"
+            return {"ui": {"text": [told]}, "result": outputs}
         # The node's text (web/dtg_text.js shows it on the node): why prompts were kept,
         # or the engine's notices, then what it wrote; the history holds it too.
         return {"ui": {"text": [*outcome.told, *outputs[0]]}, "result": outputs}

@@ -82,7 +82,7 @@ def classify_items(result: Any) -> list[tuple[PromptItem, str, bool]]:
     # New is what the model added and the user's prompt does not hold: a TIPO result's
     # categories name its new tags too (gen_meta's artists have their own). A client's
     # own JSON may leave the prompt out; then every listed new tag counts.
-    prompt = result.get("prompt", "") if isinstance(result, Mapping) else result.prompt
+    prompt = (result.get("prompt") or "") if isinstance(result, Mapping) else result.prompt
     own = {raw_key(tag.name) for item in parse(prompt).items for tag in item.tags}
     new = {raw_key(t) for t in _field(result, "new_tags")} - own
     rows = []

@@ -15,8 +15,9 @@ Decisions:
   words out of a sentence would change what it says.
 - On a batching backend (BatchBackend) a job's expansions advance together: each
   step sends every unfinished expansion's next call (whatever its pass and try)
-  in one `generate_batch` call. A row gives what it gives alone, since the
-  backend promises that of a batch and each row keeps its own passes and tries.
+  in one `generate_batch` call. Each row keeps its own passes and tries, so a row
+  gives what it gives alone wherever the backend's batch is exact (torch; llama.cpp
+  only batches when DTG_LLAMA_BATCH=1, which is not exact, and says so).
 """
 
 from __future__ import annotations

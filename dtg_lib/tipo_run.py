@@ -4,7 +4,7 @@
 seed), `TipoRun.take` reads what came back. `run` drives one expansion alone;
 dtg_lib.tipo_loop drives several through one `generate_batch` call a step. The
 rules are the same either way, so a row of a batch gives exactly what it gives
-alone with the same seed.
+alone with the same seed wherever the backend's batch is exact (see tipo_loop).
 
 A pass that writes less than its length asks for is tried again with
 `retry_seed(seed, k)`, at most MAX_TRIES times, and the fullest attempt is kept. A

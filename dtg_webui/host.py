@@ -6,6 +6,7 @@ Settings tab has been built, and API-only launches may run jobs before that.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -141,7 +142,9 @@ def config() -> HostConfig:
 
 
 def _use_threads_flag(value: str | None) -> None:
-    """--dtg-threads, when given, becomes DTG_THREADS, which the llama.cpp backend reads."""
+    """--dtg-threads, when given, becomes DTG_THREADS, which the llama.cpp backend reads.
+
+    config() runs at every job and Preview: a bad value is warned about once."""
     if not value:
         return
     from dtg_lib.backends.threads import use_threads
@@ -150,7 +153,12 @@ def _use_threads_flag(value: str | None) -> None:
     try:
         use_threads(value)
     except SettingsError as exc:
-        log.warning("DTG: ignoring --dtg-threads: %s", exc)
+        _warn_once(f"DTG: ignoring --dtg-threads: {exc}")
+
+
+@functools.lru_cache(maxsize=16)
+def _warn_once(message: str) -> None:
+    log.warning("%s", message)
 
 
 def _model_dir(chosen: str | None) -> Path | None:

@@ -169,6 +169,10 @@ def on_infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
         return
     for name, key in PASTE_KEYS.items():
         params[key] = getattr(restored, name)
+    if not restored.nl_prompt and not _is_tipo(restored.model):
+        # A DTG image has no natural-language prompt: the box (hidden for a DTG model)
+        # keeps what the user typed there rather than being emptied.
+        del params[PASTE_KEYS[NL_FIELD]]
     original = params.get(ORIGINAL_KEY)
     if not isinstance(original, str):
         # The prompt stays the expansion: DTG on would expand it again.
@@ -182,6 +186,12 @@ def on_infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
         # original, as the host would have without DTG. ("before" styled the expansion,
         # so the host's own reading of the styles already stands.)
         _read_styles_of(original, infotext, params)
+
+
+def _is_tipo(model: str) -> bool:
+    from . import tipo_panel  # the family lookup reads the host's model folder
+
+    return tipo_panel.is_tipo(model)
 
 
 def _read_styles_of(original: str, infotext: str, params: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from dtg_lib.settings import TARGETS
 
-from . import host
+from . import host, tipo_panel
 from .args import ScriptArgs
 
 log = logging.getLogger("dtg")
@@ -49,8 +49,9 @@ AXES: tuple[Axis, ...] = (
     # TIPO models: the sentences' length (a DTG model ignores it, so its cells match).
     Axis("[DTG] NL length", "nl_length", str, lambda: list(TARGETS)),
     # DTG and TIPO models side by side; a TIPO cell reads the panel's natural-language
-    # prompt, a DTG cell does not (tipo_panel.nl_prompt_for). The choices are the panel
-    # dropdown's (registry names, the model folder's files), read again at each asking.
+    # prompt when the panel shows it (its own model is TIPO), a DTG cell never does
+    # (tipo_panel.nl_prompt_for). The choices are the panel dropdown's (registry names,
+    # the model folder's files), read again at each asking.
     Axis("[DTG] Model", "model", str, lambda: host.model_choices(), cost=1.0),
 )
 
@@ -60,6 +61,10 @@ def apply_overrides(p: Any, args: ScriptArgs) -> ScriptArgs:
     overrides = getattr(p, OVERRIDES_ATTR, None)
     if not overrides:
         return args
+    if "model" in overrides and not tipo_panel.is_tipo(args.model):
+        # The panel hides its natural-language box for a DTG model: what stays in the
+        # hidden box is not read, by a TIPO cell of a Model axis either.
+        overrides = {**overrides, "nl_prompt": ""}
     return dataclasses.replace(args, enabled=True, **overrides)
 
 

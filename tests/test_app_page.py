@@ -190,6 +190,25 @@ def test_the_model_list_names_family_and_licence(tipo_folder):
     assert options["tipo-500m"].choice == ("tipo-500m (TIPO, kohaku-license-1.0)", "tipo-500m")
 
 
+def test_the_hidden_box_is_not_sent_for_a_dtg_model(tipo_folder):
+    """Typed for a TIPO model, then the model switched to DTG: the box hides, and what
+    stays in it must not reach the request (nor count as a prompt to expand)."""
+    from dtg_app.page import make_handler, shows_nl_box
+
+    config = PageConfig(tipo_folder, "tiny-tipo.gguf", allow_download=False)
+    assert shows_nl_box("tiny-tipo.gguf", config) and shows_nl_box(None, config)
+    assert not shows_nl_box("delta-rev2", config)
+    bodies = []
+    components = {name: name for name in FORM}
+    fake_run = "dtg_app.page.run_form"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fake_run, lambda body, *rest: bodies.append(body) or ("", "", "", ""))
+        handler = make_handler(lambda: None, config, components)
+        handler({**FORM, "prompt": "", "model": "delta-rev2", "nl_prompt": NL}, no_progress)
+        handler({**FORM, "prompt": "", "model": "tiny-tipo.gguf", "nl_prompt": NL}, no_progress)
+    assert "nl_prompt" not in bodies[0] and bodies[1]["nl_prompt"] == NL
+
+
 def test_the_tipo_controls_show_for_a_tipo_model_only(tipo_folder, tmp_path_factory):
     config = PageConfig(tipo_folder, "delta-rev2", allow_download=False)
     show = tipo_controls_shown(config, {})

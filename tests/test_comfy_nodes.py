@@ -340,6 +340,16 @@ def test_a_setting_given_per_item_splits_the_batch_and_keeps_the_order(pack, dtg
     assert len(news[0].split(", ")) < len(news[1].split(", "))
 
 
+def test_an_empty_list_of_prompts_expands_nothing(pack):
+    mappings = pack[0]
+    node = mappings["DTGUpsample"]
+    values = {k: [v] for k, v in defaults(node).items()}
+    out = node().expand(**{**values, "prompt": []})
+    assert out["result"] == ([], [], [])
+    assert "nothing to expand" in out["ui"]["text"][0]
+    assert pack[2] == [] or all(not engine.calls for engine in pack[2])
+
+
 def test_budget_and_gen_meta_inputs_reach_the_settings(pack):
     mappings = pack[0]
     from dtg_comfy import inputs

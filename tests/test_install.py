@@ -116,6 +116,8 @@ def test_accelerator_from_torch_build(machine, kind, version):
         # torch 2.14 from PyPI is a CUDA 13 build; its runtime wheel has no -cu suffix.
         ({"nvidia-cuda-runtime": "13.0.96"}, "13.0.96"),
         ({"nvidia-cuda-runtime-cu12": "12.4.127"}, "12.4.127"),
+        # A cu12 torch upgraded to a CUDA 13 one may leave the old runtime's metadata.
+        ({"nvidia-cuda-runtime-cu12": "12.8.90", "nvidia-cuda-runtime": "13.0.96"}, "13.0.96"),
         ({}, None),
     ],
 )

@@ -403,6 +403,16 @@ def test_a_file_llama_cpp_cannot_read_is_a_quantize_failure(tmp_path):
     assert not target.exists() and _leftovers(tmp_path) == []
 
 
+def test_a_folder_that_cannot_be_written_is_a_clear_error(tmp_path, children):
+    # A file where the model folder should be: mkdir fails as it would on a read-only
+    # share (and does so for root too, who may write read-only folders).
+    blocked = tmp_path / "TIPO-500M"
+    blocked.write_text("not a folder")
+    with pytest.raises(QuantizeFailed, match=r"writable.*:F16"):
+        make_local_quant(tmp_path / "x-F16.gguf", blocked / "x-Q8_0.local-quant.gguf", "Q8_0")
+    assert children == []
+
+
 def test_an_unknown_quantization_is_refused_before_anything_runs(tmp_path, children):
     with pytest.raises(ModelError, match="Q8_0, Q6_K"):
         make_local_quant(tmp_path / "x-F16.gguf", tmp_path / "x.gguf", "Q3_K_S")

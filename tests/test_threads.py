@@ -202,12 +202,28 @@ def test_a_fixed_count_ignores_the_load(monkeypatch):
     assert ThreadPolicy(2, cores=4, sampler=load).choose() == 2  # the caller's count wins
 
 
-def test_without_proc_stat_the_load_average_is_used(monkeypatch):
+def test_without_proc_stat_the_count_stays(monkeypatch):
+    """The load average still counts our own decoding for a minute after it: read as
+    others' load, it would take threads away with nothing else running."""
     monkeypatch.setattr(threads, "MIN_WINDOW_S", 0.0)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.2, 0.0, 0.0), raising=False)
     policy = ThreadPolicy(cores=4, sampler=lambda: None)
     threads.time.sleep(0.01)
-    assert policy.choose() == 2
+    assert policy.choose() == 4
+
+
+def test_others_are_set_against_every_cpu_we_may_use():
+    # A container capped at 4 cores on a 64-CPU host where others keep 40 CPUs busy.
+    assert auto_threads(4, 40.0, capacity=64) == 4
+    assert auto_threads(4, 61.0, capacity=64) == 3
+    assert auto_threads(32, 30.0, capacity=64) == 32
+    assert auto_threads(2, 1.0) == 1  # the quiet 2-core case is unchanged
+
+
+@pytest.mark.parametrize("value", ["²", "1" * 5000, "٣"])
+def test_digits_int_refuses_are_a_settings_error(value):
+    with pytest.raises(SettingsError, match="whole number"):
+        parse_threads(value)
 
 
 # ---------------------------------------------------------------- the setting
@@ -294,6 +310,15 @@ def test_webui_flag_becomes_the_setting():
     assert configured_threads() == 3
 
 
+def test_a_bad_webui_flag_is_warned_about_once(caplog):
+    from dtg_webui import host
+
+    host._warn_once.cache_clear()
+    for _ in range(3):  # config() runs at every job and Preview
+        host._use_threads_flag("many")
+    assert sum("--dtg-threads" in r.getMessage() for r in caplog.records) == 1
+
+
 # ---------------------------------------------------------------- the backend gets it
 
 
@@ -341,3 +366,27 @@ def test_llama_backend_takes_the_setting(tiny_model, monkeypatch):
         assert _n_threads(explicit) == (1, 1)
     finally:
         explicit.close()
+
+
+@pytest.mark.slow
+def test_thread_counts_do_not_change_what_a_seed_gives(tiny_model, tmp_path):
+    """`auto` changes the count between generations, so a seed's tokens must not depend
+    on it: 1 and 2 threads, F16 and Q8_0, token for token (the README says so)."""
+    pytest.importorskip("llama_cpp")
+    from dtg_dev.tiny_model import quantize_gguf
+    from dtg_lib.backends import load_backend
+    from dtg_lib.settings import SamplingSettings
+
+    q8 = quantize_gguf(tiny_model.gguf_f32, tmp_path / "tiny-Q8_0.gguf", "Q8_0")
+    prompt = "quality: masterpiece\nrating: safe\ntarget: <|long|>\ngeneral: 1girl<|input_end|>"
+    sampling = SamplingSettings(max_new_tokens=48)
+    for path in (tiny_model.gguf_f16, q8):
+        texts = {}
+        for count in (1, 2):
+            backend = load_backend("llama.cpp", path, n_threads=count)
+            try:
+                texts[count] = [backend.generate(prompt, sampling, seed).text for seed in range(3)]
+            finally:
+                backend.close()
+        assert texts[1] == texts[2], path.name
+        assert any(texts[1])

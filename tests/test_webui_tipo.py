@@ -343,7 +343,17 @@ def test_an_old_infotext_without_tipo_values_pastes_the_defaults(webui):  # noqa
     )
     assert "nl_length" not in old
     pasted = webui.paste(old)
-    assert [_getter(webui, n)(pasted) for n in NEW_ARGS] == ["", "long", False, False]
+    # None: the (hidden) natural-language box keeps what it holds; the rest are defaults.
+    assert [_getter(webui, n)(pasted) for n in NEW_ARGS] == [None, "long", False, False]
+
+
+def test_pasting_a_dtg_image_keeps_the_hidden_box_and_a_tipo_one_sets_it(webui):  # noqa: F811
+    dtg = webui.run(webui.txt2img(on(), prompt="1girl", seed=1)).infotexts[0]
+    assert _getter(webui, "nl_prompt")(webui.paste(dtg)) is None  # left as typed
+    tags_only = webui.run(webui.txt2img(_tipo(), prompt="1girl", seed=1)).infotexts[0]
+    assert _getter(webui, "nl_prompt")(webui.paste(tags_only)) == ""  # the image had none
+    with_text = webui.run(webui.txt2img(_tipo(nl_prompt=NL), prompt="1girl", seed=1))
+    assert _getter(webui, "nl_prompt")(webui.paste(with_text.infotexts[0])) == NL
 
 
 # ---------------------------------------------------------------- preview
@@ -421,8 +431,14 @@ def test_model_axis_lists_the_models_and_reads_the_nl_prompt_for_tipo_cells_only
     choices = axis.choices()
     assert {"delta-rev2", TIPO, "tiny-tipo.gguf"} <= set(choices)
 
+    # The panel on a DTG model hides its box: a TIPO cell does not read what stays in it.
+    _cells(webui, grid, on(nl_prompt=NL), [(axis, ["delta-rev2", TIPO])])
+    hidden = [(c["settings"].model, c["nl_prompts"]) for c in webui.engine.calls]
+    assert hidden == [("delta-rev2", None), (TIPO, None)]
+    webui.engine.calls.clear()
+
     results = _cells(
-        webui, grid, on(nl_prompt=NL), [(axis, ["delta-rev2", TIPO, "tiny-tipo.gguf"])]
+        webui, grid, _tipo(nl_prompt=NL), [(axis, ["delta-rev2", TIPO, "tiny-tipo.gguf"])]
     )
     seen = [(c["settings"].model, c["nl_prompts"]) for c in webui.engine.calls]
     assert seen == [("delta-rev2", None), (TIPO, [NL]), ("tiny-tipo.gguf", [NL])]

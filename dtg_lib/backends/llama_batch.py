@@ -36,6 +36,7 @@ from .llama_cpp import (
     LlamaCppBackend,
     _chunks,
     _Evaluated,
+    close_llama,
     import_llama_cpp,
     reusable_prefix,
     segment_ends,
@@ -53,7 +54,7 @@ MAX_ROWS = 8
 # may still use N_CTX (new_token_budget); rows are grouped so that their prompts
 # plus new-token budgets fit (DTG-400M: 96 KiB a cell, 384 MiB in all).
 KV_CELLS = 2 * N_CTX
-# The low-level API the decoder calls (llama-cpp-python 0.3.10 and later have it).
+# The low-level API the decoder calls (llama-cpp-python 0.3.15 and later have it).
 REQUIRED_FUNCTIONS = (
     "llama_batch_init",
     "llama_batch_free",
@@ -133,8 +134,10 @@ class RowDecoder:
         seeds: Sequence[int],
     ) -> list[tuple[_Row, float, float]]:
         """Decode one group (at most MAX_ROWS rows); each row with the group's time split."""
-        rows = self._assign(prompts, budgets, sampling, seeds)
+        rows: list[_Row] = []
         try:
+            # Inside the try: samplers made before a failure are freed below too.
+            self._assign(rows, prompts, budgets, sampling, seeds)
             started = time.perf_counter()
             for index, row in enumerate(rows):
                 self._prefill(row, rows[:index])
@@ -149,18 +152,19 @@ class RowDecoder:
 
     def _assign(
         self,
+        rows: list[_Row],
         prompts: Sequence[list[int]],
         budgets: Sequence[int],
         sampling: SamplingSettings,
         seeds: Sequence[int],
-    ) -> list[_Row]:
-        """A sequence for each prompt: the free one whose cache it can reuse most of.
+    ) -> None:
+        """Into `rows`, a sequence for each prompt: the free one whose cache it can reuse
+        most of.
 
         Every other cache entry is dropped before anything is evaluated, so the
         group's rows have the room `groups` counted on.
         """
         free = list(range(MAX_ROWS))
-        rows = []
         for tokens, budget, seed in zip(prompts, budgets, seeds):
             ends = segment_ends(tokens, self._marker)
             slot = max(free, key=lambda s: reusable_prefix(self._held[s], tokens, ends))
@@ -171,7 +175,6 @@ class RowDecoder:
             rows.append(_Row(list(tokens), ends, budget, slot, sampler, reused=keep))
         for slot in free:
             self._forget(slot)
-        return rows
 
     def _forget(self, slot: int) -> None:
         self._api.llama_memory_seq_rm(self._memory, slot, -1, -1)
@@ -289,16 +292,22 @@ class BatchingLlamaCppBackend(LlamaCppBackend):
         )
 
     def close(self) -> None:
+        # The decoder goes with the model in one locked step: a call in between would
+        # make a new decoder over a model about to close, and never free its batch.
         with self._lock:
             decoder, self._decoder = self._decoder, None
-        if decoder is not None:
-            decoder.close()
-        super().close()
+            if decoder is not None:
+                decoder.close()
+            llm, self._llm = self._llm, None
+        if llm is not None:
+            close_llama(llm)
+            log.info("closed llama.cpp model %s", self.model_path)
 
 
 BATCHING_NOTICE = (
     f"llama.cpp decoded this job's expansions together ({BATCH_ENV}=1): faster, but an "
-    "expansion may differ slightly from the one the same seed gives alone"
+    "expansion may differ slightly from the one the same seed gives alone, or from the same "
+    "job run again"
 )
 
 

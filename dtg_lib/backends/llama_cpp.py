@@ -275,7 +275,7 @@ class LlamaCppBackend:
             return llm
         log.warning("model file %s changed since it was loaded; reloading it", self.model_path)
         self._llm, self._evaluated, self._marker_id = None, None, _UNSET
-        _close_llama(llm)
+        close_llama(llm)
         check_gguf_file(self.model_path)
         self._llm = self._load(import_llama_cpp())
         return self._llm
@@ -381,11 +381,11 @@ class LlamaCppBackend:
         with self._lock:
             llm, self._llm = self._llm, None
         if llm is not None:
-            _close_llama(llm)
+            close_llama(llm)
             log.info("closed llama.cpp model %s", self.model_path)
 
 
-def _close_llama(llm: Any) -> None:
+def close_llama(llm: Any) -> None:
     closer = getattr(llm, "close", None)  # older llama-cpp-python frees on garbage collection
     if callable(closer):
         closer()

@@ -68,7 +68,8 @@ def parse_threads(value: Any, *, source: str = "threads") -> int | None:
         text = str(value).strip().lower()
         if text in ("", AUTO):
             return None
-        if not text.isdigit():
+        # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+        if not (text.isascii() and text.isdigit()) or len(text) > 6:
             raise SettingsError(
                 f"{source} must be 'auto' or a whole number of threads, got {value!r}"
             )
@@ -240,21 +241,16 @@ def others_busy(before: CpuSample, after: CpuSample) -> float:
     return max(0.0, others / wall)
 
 
-def auto_threads(cores: int, others: float) -> int:
-    """Our cores minus those others hold (HELD_FRACTION of one counts), at least 1."""
+def auto_threads(cores: int, others: float, capacity: int | None = None) -> int:
+    """Our cores, fewer when others hold so many of the `capacity` CPUs we may use (all
+    allowed logical CPUs; `cores` when not given) that fewer than `cores` stay free. A CPU
+    counts as held once others use HELD_FRACTION of it. At least 1.
+
+    `others` is measured over every allowed CPU, so it is set against all of them: in a
+    container capped at 4 cores on a 64-CPU host, others busy on 40 CPUs leave 24 free
+    and we keep our 4."""
     held = math.floor(others + 1 - HELD_FRACTION)
-    return max(1, min(cores, cores - held))
-
-
-def load_average_others(own_rate: float) -> float | None:
-    """Others' load from the 1-minute load average minus our own recent use (no /proc)."""
-    getter = getattr(os, "getloadavg", None)
-    if getter is None:
-        return None
-    try:
-        return max(0.0, getter()[0] - own_rate)
-    except OSError:
-        return None
+    return max(1, min(cores, (capacity or cores) - held))
 
 
 class ThreadPolicy:
@@ -274,9 +270,9 @@ class ThreadPolicy:
         self.explicit = parse_threads(n_threads) if n_threads is not None else None
         self.cores = cores or usable_cores()
         cpus = allowed_cpus()
+        self.capacity = max(self.cores, len(cpus)) if cpus else self.cores
         self._sampler = sampler or (lambda: read_sample(cpus))
         self._last = self._sampler()
-        self._own_at_last = own_cpu_seconds()
         self._wall_at_last = time.monotonic()
         fixed = self.fixed()
         self.at_load = fixed or self.cores
@@ -294,7 +290,7 @@ class ThreadPolicy:
             return fixed
         others = self._others_since_last()
         if others is not None:
-            chosen = auto_threads(self.cores, others)
+            chosen = auto_threads(self.cores, others, self.capacity)
             if chosen != self.current:
                 log.info(
                     "DTG: other work holds %.1f of %d cores; decoding on %d threads",
@@ -307,13 +303,14 @@ class ThreadPolicy:
         now = time.monotonic()
         if now - self._wall_at_last < MIN_WINDOW_S:
             return None
-        own = own_cpu_seconds()
-        own_rate = (own - self._own_at_last) / (now - self._wall_at_last)
-        self._own_at_last, self._wall_at_last = own, now
+        self._wall_at_last = now
         sample = self._sampler()
         if sample is None or self._last is None:
+            # Without /proc/stat (macOS, Windows) the count stays as it is: the load
+            # average counts our own recent decoding for a minute after it ends, so it
+            # would take threads away with nothing else running.
             self._last = sample
-            return load_average_others(own_rate)
+            return None
         before, self._last = self._last, sample
         return others_busy(before, sample)
 

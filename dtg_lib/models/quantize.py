@@ -123,13 +123,19 @@ def make_local_quant(
             f"llama.cpp quantization {quant!r} is not offered here; use one of "
             f"{', '.join(QUANT_FTYPES)}."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _IN_PROCESS, _file_lock(target, progress):
-        if _valid_file(target):
-            return target
-        _remove_leftovers(target)
-        _check_llama_cpp()
-        _quantize_atomically(Path(source), target, quant, progress, threads)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _IN_PROCESS, _file_lock(target, progress):
+            if _valid_file(target):
+                return target
+            _remove_leftovers(target)
+            _check_llama_cpp()
+            _quantize_atomically(Path(source), target, quant, progress, threads)
+    except OSError as exc:  # a model folder that cannot be written, a vanished source
+        raise QuantizeFailed(
+            f"could not make {target.name} in {target.parent.name}/ ({exc.strerror or exc}); "
+            "the folder must be writable, or use the F16 file (the model's :F16 variant)"
+        ) from exc
     return target
 
 
