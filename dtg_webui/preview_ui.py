@@ -17,7 +17,7 @@ from typing import Any
 from dtg_lib.settings import SettingsError
 
 from . import engine, host, tipo_panel
-from .args import ScriptArgs
+from .args import ARG_NAMES, ScriptArgs
 from .infotext import EMPTY_HTML as EMPTY_HTML
 from .rewrite import derive_seed, fix_seed
 
@@ -100,6 +100,13 @@ def styles_after_copy(styles_in_preview: Any, styles: Any) -> Any:
     return [] if styles_in_preview is True else styles
 
 
+def nl_after_copy(model: Any, nl_text: Any) -> Any:
+    """The natural-language box after "Use in prompt": the copied final prompt already holds
+    a TIPO model's sentences, so the box is emptied (the next job would read them twice);
+    a hidden box (a DTG model) keeps its text."""
+    return "" if tipo_panel.is_tipo(model) else nl_text
+
+
 def preview_html(result: Any, image_seed: int) -> str:
     """The coloured preview, a TIPO model's sentences apart from the tags, the final prompt
     as text (what "Use in prompt" copies) and the seed."""
@@ -176,4 +183,7 @@ class PreviewWiring:
         if styles is not None:
             # Beside javascript/dtg.js, which copies the text on the same click.
             copy.click(fn=styles_after_copy, inputs=[styles_in_preview, styles], outputs=[styles])
+        if len(panel) == len(ARG_NAMES):
+            nl_box, model_box = panel[ARG_NAMES.index("nl_prompt")], panel[ARG_NAMES.index("model")]
+            copy.click(fn=nl_after_copy, inputs=[model_box, nl_box], outputs=[nl_box])
         self.wired = True

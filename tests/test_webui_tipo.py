@@ -530,3 +530,12 @@ def test_engine_default_settings_match_the_panel():
         engine_defaults.caption,
         engine_defaults.gen_meta,
     )
+
+
+def test_use_in_prompt_empties_the_box_for_tipo_and_keeps_a_hidden_one(webui):  # noqa: F811
+    """The copied final prompt holds the sentences already: read again from the box, the
+    next job would get them twice. A DTG model's hidden box keeps its text."""
+    from dtg_webui.preview_ui import nl_after_copy
+
+    assert nl_after_copy(TIPO, NL) == ""
+    assert nl_after_copy("delta-rev2", NL) == NL
