@@ -191,7 +191,10 @@ def on_infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
 def _is_tipo(model: str) -> bool:
     from . import tipo_panel  # the family lookup reads the host's model folder
 
-    return tipo_panel.is_tipo(model)
+    try:
+        return tipo_panel.is_tipo(model)
+    except ImportError:  # no webui around (a tool reading infotexts): nothing to keep
+        return False
 
 
 def _read_styles_of(original: str, infotext: str, params: dict[str, Any]) -> None:

@@ -122,4 +122,6 @@ def test_pasting_a_failed_job_restores_the_panel_and_the_prompt(webui, timing): 
         # backend and device as the job ran them; the budget and the TIPO values as chosen
         backend = ARG_NAMES.index("backend")
         expected = [*chosen[:backend], "auto", "cpu", *chosen[backend + 2 :]]
+        # A DTG image has no natural-language prompt: the (hidden) box is left as it is.
+        expected[ARG_NAMES.index("nl_prompt")] = None
         assert restored == expected, "DTG on, the job's values"

@@ -209,9 +209,9 @@ def test_a_dtg_model_leaves_the_hidden_nl_prompt_unread(webui):  # noqa: F811
     assert processed.all_prompts == ["1girl, dtg 4"]
     stored = json.loads(params(processed.infotexts[0])[PARAMS_KEY])
     assert "nl_prompt" not in stored
-    # Pasting that image empties the box: the image was made without it.
+    # Pasting that image leaves the box (hidden for its DTG model) as the user left it.
     pasted = webui.paste(processed.infotexts[0])
-    assert _getter(webui, "nl_prompt")(pasted) == ""
+    assert _getter(webui, "nl_prompt")(pasted) is None
 
 
 def test_a_sentence_alone_is_expanded_and_pastes_back_to_an_empty_prompt(webui):  # noqa: F811
