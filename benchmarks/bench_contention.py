@@ -31,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_upsample import settings  # noqa: E402  (the same run settings)
 from benchmarks.fresh_process import median_cell  # noqa: E402  (needs the path above)
 
 DEFAULT_MODEL = REPO / ".cache" / "bench-model" / "dtg-bench-Q8_0.gguf"
@@ -87,18 +88,6 @@ def thread_setting(value: str | None) -> Iterator[None]:
         os.environ.pop(THREADS_ENV, None)
         if before is not None:
             os.environ[THREADS_ENV] = before
-
-
-def settings(model: Path, args: argparse.Namespace) -> Any:
-    from dtg_lib.settings import SamplingSettings, UpsampleSettings
-
-    return UpsampleSettings(
-        target=args.target,
-        model=str(model),
-        backend="llama.cpp",
-        max_rounds=args.max_rounds,
-        sampling=SamplingSettings(max_new_tokens=args.max_new_tokens),
-    )
 
 
 def settle(upsampler: Any, seconds: float) -> None:
