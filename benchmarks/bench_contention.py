@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_upsample import settings  # noqa: E402  (the same run settings)
+from benchmarks.bench_upsample import chosen_model, settings  # noqa: E402  (the same run settings)
 from benchmarks.fresh_process import median_cell  # noqa: E402  (needs the path above)
 
 DEFAULT_MODEL = REPO / ".cache" / "bench-model" / "dtg-bench-Q8_0.gguf"
@@ -120,13 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before each run")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    model = Path(args.model)
-    if args.model == "tiny":
-        from dtg_dev.tiny_model import tiny_model_cached
-
-        model = tiny_model_cached(REPO / ".cache" / "tiny-model").gguf_f16
-    if not model.is_file():
-        parser.error(f"no model at {model}: run benchmarks/make_full_size_model.py")
+    model = chosen_model(parser, args.model)
     from dtg_lib.backends import BackendCache
     from dtg_lib.upsampler import Upsampler
 

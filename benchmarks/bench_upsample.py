@@ -98,6 +98,18 @@ class Recorder:
         self.inner.close()
 
 
+def chosen_model(parser: argparse.ArgumentParser, name: str) -> Path:
+    """The --model GGUF: a file, or "tiny" (the tiny trained model, built when missing)."""
+    model = Path(name)
+    if name == "tiny":
+        from dtg_dev.tiny_model import tiny_model_cached
+
+        model = tiny_model_cached(REPO / ".cache" / "tiny-model").gguf_f16
+    if not model.is_file():
+        parser.error(f"no model at {model}: run benchmarks/make_full_size_model.py")
+    return model
+
+
 def settings(model: Path, args: argparse.Namespace) -> Any:
     from dtg_lib.settings import SamplingSettings, UpsampleSettings
 
@@ -318,13 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-raw", action="store_true", help="only the jobs of N images")
     parser.add_argument("--skip-batches", action="store_true", help="only ours against raw")
     args = parser.parse_args(argv)
-    model = Path(args.model)
-    if args.model == "tiny":
-        from dtg_dev.tiny_model import tiny_model_cached
-
-        model = tiny_model_cached(REPO / ".cache" / "tiny-model").gguf_f16
-    if not model.is_file():
-        parser.error(f"no model at {model}: run benchmarks/make_full_size_model.py")
+    model = chosen_model(parser, args.model)
     print(f"{os.cpu_count()} logical CPUs; model {model.name}; target {args.target}, "
           f"max_new_tokens {args.max_new_tokens}, max_rounds {args.max_rounds}")  # fmt: skip
     if not args.skip_raw:

@@ -531,18 +531,7 @@ def _list_models(args: argparse.Namespace) -> int:
                 {
                     "registry": models.model_choices(),
                     "models": models.registry_models(),
-                    "local": [
-                        {
-                            "name": m.name,
-                            "kind": m.kind,
-                            "family": m.family,
-                            "licence": m.licence,
-                            "path": str(m.path),
-                            "size": m.size,
-                            "local_quant": m.local_quant,
-                        }
-                        for m in local
-                    ],
+                    "local": [{**m.described(), "path": str(m.path)} for m in local],
                 },
                 indent=2,
             )

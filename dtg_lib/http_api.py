@@ -565,16 +565,6 @@ def list_models(model_dir: Path) -> dict[str, Any]:
         # author's own licence), and the ones that are listed as not supported.
         "models": models.registry_models(),
         # A model in a registry folder carries that model's licence; one's own file has "".
-        "local": [
-            {
-                "name": m.name,
-                "kind": m.kind,
-                "family": m.family,
-                "licence": m.licence,
-                "size": m.size,
-                # Quantized on this machine from the published F16 file (TIPO :Q8_0, :Q6_K).
-                "local_quant": m.local_quant,
-            }
-            for m in local
-        ],
+        # Quantized on this machine from the published F16 file: local_quant (TIPO :Q8_0).
+        "local": [m.described() for m in local],
     }

@@ -174,6 +174,17 @@ class LocalModel:
     # Made on this machine from a published F16 file (a *.local-quant.gguf file).
     local_quant: bool = False
 
+    def described(self) -> dict[str, Any]:
+        """What a model list says of it, without its path (HTTP answers name no folder)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "family": self.family,
+            "licence": self.licence,
+            "size": self.size,
+            "local_quant": self.local_quant,
+        }
+
 
 def local_quant_filename(source: str, quant: str) -> str:
     """The file a local `quant` of the published `source` file is written to:
